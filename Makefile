@@ -1,0 +1,32 @@
+# image-preheat — every job CI and people run goes through here.
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= /var/tmp/image-preheat-target
+CARGO ?= cargo
+BIN := $(CARGO_TARGET_DIR)/debug/image-preheat
+
+.PHONY: demo test deps build lint fmt bench
+
+deps:
+	./scripts/install-deps.sh
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+## demo: start a local registry with a generated image and pull it into a store
+demo: deps
+	$(CARGO) build -p image-preheat
+	./scripts/demo.sh "$(BIN)"
+
+## test: install what tests need, check formatting and lints, run every test
+test: deps lint
+	$(CARGO) test --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench: deps
+	@echo "make bench: the benchmark lab arrives with the capacity issue (#7)" >&2; exit 1
