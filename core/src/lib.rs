@@ -9,8 +9,15 @@
 //! Invariants: nothing here touches a socket, a file, a clock or a global RNG; time and randomness are
 //! passed in, so the simulator runs exactly the code production runs.
 
+pub mod bitfield;
 pub mod chunk;
 pub mod digest;
+pub mod manifest;
+pub mod picker;
+pub mod reference;
+pub mod rendezvous;
+pub mod transfer;
+pub mod units;
 
 pub use chunk::{ChunkIndex, ChunkLayout};
 pub use digest::Digest;

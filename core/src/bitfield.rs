@@ -1,0 +1,1 @@
+//! (bitfield: being written)
