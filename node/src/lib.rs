@@ -1,0 +1,3 @@
+//! image-preheat node library: the registry client and the image puller used by the binary.
+
+pub mod registry;
