@@ -7,7 +7,7 @@
 use anyhow::{bail, Result};
 use bytes::Bytes;
 use preheat_core::Digest;
-use rand::rngs::SmallRng;
+use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use serde_json::json;
 
@@ -348,7 +348,7 @@ fn mix(seed: u64, salt: u64) -> u64 {
 /// Generates one layer blob in pieces: tar header, `content` random bytes, zeros to `size`.
 /// `content` is a multiple of 512 and at least 1024 zero bytes end the archive.
 pub struct LayerGen {
-    rng: SmallRng,
+    rng: StdRng,
     header: Option<[u8; 512]>,
     content: u64,
     pos: u64,
@@ -364,7 +364,7 @@ impl LayerGen {
         let content = (size - MIN_LAYER_SIZE) / 512 * 512;
         let name = format!("testkit/layer-{index}-{seed:016x}.bin");
         Ok(LayerGen {
-            rng: SmallRng::seed_from_u64(seed),
+            rng: StdRng::seed_from_u64(seed),
             header: Some(tar_header(&name, content)),
             content,
             pos: 0,

@@ -6,11 +6,26 @@
 //! code under test ──▶ CountingProxy ───┘  (counts bytes to the client, can cut or refuse connections)
 //! ```
 //!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use preheat_testkit::{CountingProxy, ImageBuilder, Registry};
+//! let reg = Registry::builder().tls().htpasswd("alice", "secret").start().await?;
+//! let img = ImageBuilder::new().seed(1).layers(&[4 << 20, 1 << 20]).push(&reg, "app:v1").await?;
+//! let proxy = CountingProxy::start(reg.addr()).await?;
+//! proxy.cut_after(Some(2 << 20)); // the registry "dies" 2 MiB into the next transfer
+//! let via_proxy = img.reference_via(&proxy.host()); // "127.0.0.1:PROXY/app:v1"
+//! // ... pull via_proxy, trusting reg.ca_pem_path(), then count at the registry:
+//! let gets = reg.blob_gets(&img.layers[0].0)?;
+//! # let _ = (via_proxy, gets); Ok(()) }
+//! ```
+//!
 //! Invariants: every process, task, mount and temp dir a fixture creates is gone after its drop;
 //! nothing listens on a fixed port (never 5000); nothing touches the network beyond loopback.
 
 pub mod accesslog;
+pub mod dnsmasq;
 pub mod image;
+pub mod netns;
 pub mod proxy;
 pub mod push;
 pub mod registry;

@@ -159,15 +159,20 @@ impl CountingProxy {
         self.inner.fire_cut();
     }
 
-    /// `true`: stop listening, so new connections are refused (open ones continue; combine with
-    /// [`Self::cut_now`]). `false`: listen again on the same port. Returns once in effect.
+    /// `true`: stop listening, so new connections are refused, and drop the open ones (pooled
+    /// keep-alive connections would otherwise bypass the outage). `false`: listen again on the same
+    /// port. Returns once in effect.
     pub async fn set_down(&self, down: bool) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.cmds
             .send(Cmd::Down(down, tx))
             .await
             .context("proxy task ended")?;
-        rx.await.context("proxy task ended")?
+        rx.await.context("proxy task ended")??;
+        if down {
+            self.inner.fire_cut();
+        }
+        Ok(())
     }
 }
 

@@ -258,6 +258,11 @@ impl Registry {
             .collect())
     }
 
+    /// Body bytes the registry wrote for `GET`s of this blob, summed over all requests.
+    pub fn blob_bytes_served(&self, digest: &Digest) -> Result<u64> {
+        Ok(self.blob_gets(digest)?.iter().map(|e| e.bytes).sum())
+    }
+
     /// Polls the access log (every 20 ms, at most `timeout`) until `pred` holds; returns the log.
     /// Needed because distribution writes a line after the response, racing with the client.
     pub async fn wait_access_log(

@@ -242,3 +242,33 @@ async fn missing_image_is_404() -> anyhow::Result<()> {
     assert_eq!(status, StatusCode::NOT_FOUND);
     Ok(())
 }
+
+#[tokio::test]
+async fn range_requests_are_served_and_logged() -> anyhow::Result<()> {
+    let reg = Registry::start().await?;
+    let img = ImageBuilder::new()
+        .layer(100_000)
+        .push(&reg, "range/r")
+        .await?;
+    let (digest, size) = img.layers[0];
+    let full = get(&reg, &format!("/v2/range/r/blobs/{digest}")).await?.2;
+    let resp = reg
+        .request(Method::GET, &format!("/v2/range/r/blobs/{digest}"))
+        .header("range", "bytes=60000-")
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let tail = resp.bytes().await?;
+    assert_eq!(&tail[..], &full[60_000..]);
+    let log = reg
+        .wait_access_log(Duration::from_secs(5), |log| {
+            log.iter()
+                .any(|e| e.blob_digest() == Some(digest) && e.status == 206)
+        })
+        .await?;
+    assert!(log
+        .iter()
+        .any(|e| e.blob_digest() == Some(digest) && e.status == 206 && e.bytes == size - 60_000));
+    assert_eq!(reg.blob_bytes_served(&digest)?, size + size - 60_000);
+    Ok(())
+}
