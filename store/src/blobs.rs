@@ -176,8 +176,8 @@ pub(crate) fn write_index(paths: &Paths, ix: &ChunkIndex) -> Result<(), StoreErr
 /// Moves a fully written, fsynced, verified file into place as blob `ix.blob`: index first, then
 /// the blob itself, each made durable by a directory fsync. Blocking.
 pub(crate) fn install(paths: &Paths, file: &Path, ix: &ChunkIndex) -> Result<(), StoreError> {
-    fs::set_permissions(file, Permissions::from_mode(0o444)).at(file)?;
     write_index(paths, ix)?;
+    fs::set_permissions(file, Permissions::from_mode(0o444)).at(file)?;
     let dest = paths.blob(&ix.blob);
     fs::rename(file, &dest).at(&dest)?;
     fsync_dir(paths.blobs_dir())
@@ -208,16 +208,21 @@ impl Store {
         self.inner.paths.blob(d)
     }
 
-    fn touch(&self, d: &Digest) {
+    /// Records an access for LRU; at most once a minute per blob it is persisted as the mtime.
+    async fn touch(&self, d: &Digest) {
         let now = SystemTime::now();
         if self.inner.lock().touch(d, now) {
             let path = self.inner.paths.blob(d);
             // Best effort: the access time only orders eviction.
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = File::open(&path).and_then(|f| f.set_modified(now)) {
-                    tracing::debug!(path = %path.display(), error = %e, "could not persist access time");
-                }
-            });
+            let res = blocking(move || {
+                File::open(&path)
+                    .and_then(|f| f.set_modified(now))
+                    .at(&path)
+            })
+            .await;
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "could not persist access time");
+            }
         }
     }
 
@@ -226,7 +231,7 @@ impl Store {
         if !self.contains(d).await {
             return Err(StoreError::NotFound(*d));
         }
-        self.touch(d);
+        self.touch(d).await;
         let path = self.inner.paths.blob(d);
         tokio::fs::File::open(&path)
             .await
@@ -243,7 +248,7 @@ impl Store {
                 limit: SMALL_LIMIT,
             });
         }
-        self.touch(d);
+        self.touch(d).await;
         let path = self.inner.paths.blob(d);
         let bytes = tokio::fs::read(&path)
             .await
@@ -285,7 +290,6 @@ impl Store {
         };
         let inner = self.inner.clone();
         let data = bytes.to_vec();
-        let ix2 = ix.clone();
         blocking(move || {
             let tmp = inner.paths.tmp_file("blob");
             let res = (|| {
@@ -296,32 +300,33 @@ impl Store {
                     .at(&tmp)?;
                 f.write_all(&data).at(&tmp)?;
                 f.sync_all().at(&tmp)?;
-                install(&inner.paths, &tmp, &ix2)
+                install(&inner.paths, &tmp, &ix)
             })();
             if res.is_err() {
                 let _ = fs::remove_file(&tmp);
+                return res;
             }
-            res
+            // Updated here, not after the await, so a cancelled caller cannot leave it out.
+            let now = SystemTime::now();
+            let stale = {
+                let mut st = inner.lock();
+                st.insert_blob(
+                    d,
+                    BlobEntry {
+                        size,
+                        last_access: now,
+                        persisted: now,
+                        index: Arc::new(ix),
+                    },
+                );
+                st.remove_partial(&d)
+            };
+            match stale {
+                Some(p) => remove_dir_if_exists(&p.partial.dir),
+                None => Ok(()),
+            }
         })
-        .await?;
-        let now = SystemTime::now();
-        let stale = {
-            let mut st = self.inner.lock();
-            st.insert_blob(
-                d,
-                BlobEntry {
-                    size,
-                    last_access: now,
-                    persisted: now,
-                    index: Arc::new(ix),
-                },
-            );
-            st.remove_partial(&d)
-        };
-        if let Some(p) = stale {
-            blocking(move || remove_dir_if_exists(&p.partial.dir)).await?;
-        }
-        Ok(())
+        .await
     }
 
     /// The chunk index of a complete blob, or of a partial one whose index was set; `None` otherwise.
@@ -359,7 +364,7 @@ impl Store {
                 index: i,
             });
         }
-        self.touch(d);
+        self.touch(d).await;
         let path = self.inner.paths.blob(d);
         let d = *d;
         blocking(move || {

@@ -166,9 +166,10 @@ impl Store {
         Ok(reservation)
     }
 
+    /// Deletes the victims' files. Runs to the end even if the caller is cancelled.
     async fn evict(&self, victims: Vec<Victim>) {
         let inner = self.inner.clone();
-        let victims = match tokio::task::spawn_blocking(move || {
+        let res = tokio::task::spawn_blocking(move || {
             for v in &victims {
                 let res = match v {
                     Victim::Blob(d) => paths::remove_if_exists(&inner.paths.blob(d))
@@ -180,20 +181,15 @@ impl Store {
                 }
             }
             let _ = paths::fsync_dir(inner.paths.blobs_dir());
-            victims
-        })
-        .await
-        {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, "eviction task failed");
-                return;
+            inner.lock().evicted(&victims);
+            for v in &victims {
+                tracing::debug!(digest = %v.digest(), "blob evicted");
+                let _ = inner.evictions.send(v.digest());
             }
-        };
-        self.inner.lock().evicted(&victims);
-        for v in &victims {
-            tracing::debug!(digest = %v.digest(), "blob evicted");
-            let _ = self.inner.evictions.send(v.digest());
+        })
+        .await;
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "eviction task failed");
         }
     }
 

@@ -6,8 +6,8 @@
 //! is dropped and every record is re-verified against the data (blake3 is cheap), so a lying log
 //! costs a re-download of that chunk, never a wrong blob.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -73,6 +73,8 @@ pub(crate) struct Partial {
     pub data: File,
     pub log: File,
     state: Mutex<PartialState>,
+    /// Serializes chunk writes, even from a write whose caller went away (cancelled future).
+    write_lock: Mutex<()>,
 }
 
 impl Partial {
@@ -119,6 +121,7 @@ impl Partial {
             data,
             log,
             state: Mutex::new(PartialState::new(layout, None)),
+            write_lock: Mutex::new(()),
         })
     }
 
@@ -139,7 +142,10 @@ impl Partial {
         let index = meta
             .index
             .filter(|ix| ix.blob == digest && ix.layout == meta.layout && ix.validate().is_ok());
-        let data = open_rw(&partial_data(&dir), true)?;
+        let data_path = partial_data(&dir);
+        // A crash inside `install` may have left the data read-only.
+        let _ = fs::set_permissions(&data_path, Permissions::from_mode(0o644));
+        let data = open_rw(&data_path, true)?;
         let log_path = partial_log(&dir);
         let log = open_rw(&log_path, true)?;
         let raw = fs::read(&log_path).at(&log_path)?;
@@ -188,6 +194,7 @@ impl Partial {
                     records: verified.len() as u64,
                     ..state
                 }),
+                write_lock: Mutex::new(()),
             }));
         }
         state.records = verified.len() as u64;
@@ -197,12 +204,17 @@ impl Partial {
             data,
             log,
             state: Mutex::new(state),
+            write_lock: Mutex::new(()),
         }))
     }
 
     /// Writes chunk `i` at its offset, fdatasyncs it, then records it. Blocking.
     /// The chunk is visible to readers only once all of that succeeded.
     pub fn write_chunk(&self, i: u32, data: &[u8], hash: [u8; 32]) -> Result<(), StoreError> {
+        let _serial = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let (offset, slot) = {
             let st = self.lock();
             (st.layout.offset(i), st.records * RECORD)
@@ -220,6 +232,17 @@ impl Partial {
         st.records += 1;
         st.mark(i, hash);
         Ok(())
+    }
+
+    /// Forgets chunk `i` (its data no longer matches); the next load drops its record too.
+    pub fn forget(&self, i: u32) {
+        let mut st = self.lock();
+        let len = u64::from(st.layout.len(i));
+        if let Some(slot) = st.hashes.get_mut(i as usize) {
+            if slot.take().is_some() {
+                st.bytes_done -= len;
+            }
+        }
     }
 
     /// Reads verified chunk `i`. Blocking.
@@ -258,6 +281,10 @@ impl Partial {
         if index.validate().is_err() {
             return Err(mismatch("index is malformed"));
         }
+        let _serial = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut st = self.lock();
         if index.layout.size != st.layout.size {
             return Err(mismatch("index has another blob size"));

@@ -309,7 +309,9 @@ impl BlobWriter {
         let p = self.partial.clone();
         let inner = self.store.inner.clone();
         let (sha, hashed) = (self.sha.clone(), self.hashed);
-        let outcome = blocking(move || {
+        // Everything, including the bookkeeping, happens in the blocking task so that a cancelled
+        // caller cannot leave the in-memory state behind the disk.
+        blocking(move || {
             let path = partial_data(&p.dir);
             let hashes: Vec<[u8; 32]> = p
                 .lock()
@@ -328,16 +330,21 @@ impl BlobWriter {
                 buf.resize(layout.len(i) as usize, 0);
                 p.data.read_exact_at(&mut buf, layout.offset(i)).at(&path)?;
                 if chunk_hash(&buf) != hashes[i as usize] {
-                    return Err(StoreError::corrupt(
-                        &path,
-                        format!("chunk {i} changed on disk"),
-                    ));
+                    p.forget(i);
+                    let reason = format!("chunk {i} changed on disk");
+                    return Err(StoreError::corrupt(&path, reason));
                 }
                 sha.update(&buf);
             }
             let actual = sha.finish();
             if actual != digest {
-                return Ok(Err(actual));
+                tracing::warn!(%digest, %actual, "blob digest mismatch, partial discarded");
+                inner.lock().remove_partial(&digest);
+                remove_dir_if_exists(&p.dir)?;
+                return Err(StoreError::DigestMismatch {
+                    expected: digest,
+                    actual,
+                });
             }
             p.data.sync_all().at(&path)?;
             let ix = ChunkIndex {
@@ -346,15 +353,9 @@ impl BlobWriter {
                 hashes,
             };
             install(&inner.paths, &path, &ix)?;
-            remove_dir_if_exists(&p.dir)?;
-            fsync_dir(inner.paths.partial_root())?;
-            Ok(Ok(ix))
-        })
-        .await?;
-        match outcome {
-            Ok(ix) => {
-                let now = SystemTime::now();
-                let mut st = self.store.inner.lock();
+            let now = SystemTime::now();
+            {
+                let mut st = inner.lock();
                 st.remove_partial(&digest);
                 st.insert_blob(
                     digest,
@@ -365,18 +366,17 @@ impl BlobWriter {
                         index: Arc::new(ix),
                     },
                 );
-                tracing::debug!(%digest, size = layout.size, "blob stored");
-                Ok(())
             }
-            Err(actual) => {
-                tracing::warn!(%digest, %actual, "blob digest mismatch, partial discarded");
-                self.discard_files().await?;
-                Err(StoreError::DigestMismatch {
-                    expected: digest,
-                    actual,
-                })
+            tracing::debug!(%digest, size = layout.size, "blob stored");
+            // The blob is complete; a left-over partial directory is removed on the next open.
+            if let Err(e) =
+                remove_dir_if_exists(&p.dir).and_then(|()| fsync_dir(inner.paths.partial_root()))
+            {
+                tracing::warn!(%digest, error = %e, "could not remove finished partial");
             }
-        }
+            Ok(())
+        })
+        .await
     }
 
     /// Removes the partial blob.

@@ -113,3 +113,33 @@ async fn partials_reserve_their_size_and_idle_ones_can_be_evicted() {
     let store = Store::open(cfg(dir.path(), Some(2 * S))).await.unwrap();
     assert_eq!(store.usage(), 2 * S);
 }
+
+#[tokio::test]
+async fn lru_order_survives_restart_through_mtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs: Vec<Vec<u8>> = (0..3).map(|i| data(S as usize, 400 + i)).collect();
+    let (a, b) = {
+        let store = Store::open(cfg(dir.path(), None)).await.unwrap();
+        (
+            store_blob(&store, &blobs[0]).await,
+            store_blob(&store, &blobs[1]).await,
+        )
+    };
+    let hour = std::time::Duration::from_secs(3600);
+    let set_mtime = |d: &Digest, age: u32| {
+        let f = std::fs::File::open(dir.path().join("blobs/sha256").join(d.hex())).unwrap();
+        f.set_modified(std::time::SystemTime::now() - hour * age)
+            .unwrap();
+    };
+    set_mtime(&a, 2);
+    set_mtime(&b, 1);
+    {
+        // a was persisted more than a minute ago, so this access is written to its mtime.
+        let store = Store::open(cfg(dir.path(), None)).await.unwrap();
+        store.read_chunk(&a, 0).await.unwrap();
+    }
+    let store = Store::open(cfg(dir.path(), Some(2 * S))).await.unwrap();
+    store_blob(&store, &blobs[2]).await;
+    assert!(store.contains(&a).await, "a was used most recently");
+    assert!(!store.contains(&b).await);
+}
