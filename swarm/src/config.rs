@@ -1,0 +1,67 @@
+//! Plain configuration of a swarm node; the binary parses flags and env into it.
+
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+
+/// Everything a swarm node needs besides its store and metrics registry.
+#[derive(Debug, Clone)]
+pub struct SwarmConfig {
+    /// Where to listen, e.g. `/ip4/0.0.0.0/tcp/4001` (`/tcp/0` picks a free port).
+    pub listen: Vec<Multiaddr>,
+    /// Addresses other nodes reach us at (the pod IP); confirmed as external for Kademlia.
+    pub external: Vec<Multiaddr>,
+    /// Static peers, dialled at start and re-dialled every `discovery_interval` while disconnected.
+    /// `/dns4/` and `/dns6/` names are resolved to every A/AAAA record.
+    pub peers: Vec<Multiaddr>,
+    /// A DNS name (the headless Service) whose every A/AAAA record is a peer, and the swarm port.
+    pub peers_dns: Option<(String, u16)>,
+    pub discovery_interval: Duration,
+    /// Node-wide byte rates; `None` means unlimited.
+    pub upload_rate: Option<u64>,
+    pub download_rate: Option<u64>,
+    /// Chunk uploads served at once; more are answered `Busy`.
+    pub max_uploads: usize,
+    /// Chunk requests one download keeps in flight in total and per peer.
+    pub max_requests: usize,
+    pub max_requests_per_peer: usize,
+    /// Established connections in total and per peer.
+    pub max_connections: u32,
+    /// Kademlia: provider record TTL, republish interval, query timeout.
+    pub provider_ttl: Duration,
+    pub provider_republish: Duration,
+    pub query_timeout: Duration,
+    /// Timeout of one chunk request (stream open to last byte).
+    pub chunk_timeout: Duration,
+    /// How long a bad-chunk sender stays banned.
+    pub ban_duration: Duration,
+    /// TEST ONLY: flip a bit in every chunk this node serves, to exercise bad-peer detection.
+    /// Never set this outside tests.
+    pub test_corrupt_uploads: bool,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["/ip4/0.0.0.0/tcp/4001"
+                .parse()
+                .expect("valid literal multiaddr")],
+            external: Vec::new(),
+            peers: Vec::new(),
+            peers_dns: None,
+            discovery_interval: Duration::from_secs(30),
+            upload_rate: Some(500 * 1024 * 1024),
+            download_rate: Some(500 * 1024 * 1024),
+            max_uploads: 8,
+            max_requests: 16,
+            max_requests_per_peer: 3,
+            max_connections: 512,
+            provider_ttl: Duration::from_secs(600),
+            provider_republish: Duration::from_secs(180),
+            query_timeout: Duration::from_secs(10),
+            chunk_timeout: Duration::from_secs(30),
+            ban_duration: Duration::from_secs(600),
+            test_corrupt_uploads: false,
+        }
+    }
+}

@@ -1,0 +1,518 @@
+//! The one task that owns the libp2p `Swarm`. Everything else talks to it through [`Command`]s on a
+//! bounded channel with oneshot replies; slow work (store reads, DNS) runs in spawned tasks that
+//! report back on a second bounded channel, so the loop never blocks on I/O.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult, RecordKey};
+use libp2p::metrics::Recorder;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
+use libp2p::{identify, Multiaddr, PeerId, Swarm};
+use preheat_core::bitfield::Bitfield;
+use preheat_core::{ChunkIndex, Digest};
+use preheat_store::Store;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::behaviour::{Behaviour, BehaviourEvent};
+use crate::config::SwarmConfig;
+use crate::metrics::{LookupLabels, LookupResult, Metrics};
+use crate::protocol::{CtlRequest, CtlResponse, IDENTIFY_PROTOCOL};
+use crate::{discovery, source};
+
+/// Capacity of the command and internal channels.
+pub const CHANNEL: usize = 256;
+/// Control requests answered from the store at once; more get `Busy`.
+const ANSWER_SLOTS: usize = 64;
+/// How long a `GetBitfield` subscribes the asker to our `Have` pushes, and the bounds on them.
+const SUBSCRIPTION: Duration = Duration::from_secs(30);
+const MAX_SUBSCRIBERS_PER_BLOB: usize = 512;
+const MAX_SUBSCRIBED_BLOBS: usize = 4096;
+/// Have events queued per active fetch; on overflow they are dropped (bitfield refresh repairs).
+pub const HAVE_QUEUE: usize = 1024;
+
+pub(crate) enum Command {
+    Announce(Digest),
+    Withdraw(Digest),
+    Providers {
+        blob: Digest,
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    /// `None` in the reply: the request failed (timeout, connection, protocol).
+    Ctl {
+        peer: PeerId,
+        req: CtlRequest,
+        reply: oneshot::Sender<Option<CtlResponse>>,
+    },
+    ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    /// A fetch in progress: we answer index and bitfield for it and route `Have`s to it.
+    Register {
+        blob: Digest,
+        index: Arc<ChunkIndex>,
+        have: Bitfield,
+        events: mpsc::Sender<(PeerId, u32)>,
+    },
+    Unregister(Digest),
+    /// We verified a chunk: record it and push `Have` to subscribers.
+    LocalHave {
+        blob: Digest,
+        chunk: u32,
+    },
+    Shutdown(oneshot::Sender<()>),
+}
+
+pub(crate) enum Internal {
+    Respond {
+        channel: ResponseChannel<CtlResponse>,
+        resp: CtlResponse,
+    },
+    Resolved(Vec<Multiaddr>),
+}
+
+struct Active {
+    index: Arc<ChunkIndex>,
+    have: Bitfield,
+    events: mpsc::Sender<(PeerId, u32)>,
+}
+
+pub(crate) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    cfg: SwarmConfig,
+    store: Store,
+    metrics: Metrics,
+    p2p_metrics: libp2p::metrics::Metrics,
+    cmds: mpsc::Receiver<Command>,
+    internal_tx: mpsc::Sender<Internal>,
+    internal_rx: mpsc::Receiver<Internal>,
+    answer_slots: Arc<Semaphore>,
+    connected: HashMap<PeerId, Multiaddr>,
+    lookups: HashMap<QueryId, (oneshot::Sender<Vec<PeerId>>, Instant)>,
+    requests: HashMap<OutboundRequestId, oneshot::Sender<Option<CtlResponse>>>,
+    active: HashMap<Digest, Active>,
+    subs: HashMap<Digest, HashMap<PeerId, Instant>>,
+    addr_peer: HashMap<Multiaddr, PeerId>,
+    dialing: HashMap<ConnectionId, Multiaddr>,
+    resolved: HashSet<Multiaddr>,
+    self_addrs: HashSet<Multiaddr>,
+    resolving: bool,
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        cfg: SwarmConfig,
+        store: Store,
+        metrics: Metrics,
+        p2p_metrics: libp2p::metrics::Metrics,
+        cmds: mpsc::Receiver<Command>,
+    ) -> Self {
+        let (internal_tx, internal_rx) = mpsc::channel(CHANNEL);
+        Self {
+            swarm,
+            cfg,
+            store,
+            metrics,
+            p2p_metrics,
+            cmds,
+            internal_tx,
+            internal_rx,
+            answer_slots: Arc::new(Semaphore::new(ANSWER_SLOTS)),
+            connected: HashMap::new(),
+            lookups: HashMap::new(),
+            requests: HashMap::new(),
+            active: HashMap::new(),
+            subs: HashMap::new(),
+            addr_peer: HashMap::new(),
+            dialing: HashMap::new(),
+            resolved: HashSet::new(),
+            self_addrs: HashSet::new(),
+            resolving: false,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut discover = tokio::time::interval(self.cfg.discovery_interval);
+        discover.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune = tokio::time::interval(SUBSCRIPTION);
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                cmd = self.cmds.recv() => match cmd {
+                    Some(Command::Shutdown(reply)) => { let _ = reply.send(()); break; }
+                    Some(c) => self.on_command(c),
+                    None => break,
+                },
+                Some(i) = self.internal_rx.recv() => self.on_internal(i),
+                _ = discover.tick() => self.discover(),
+                _ = prune.tick() => self.prune_subscriptions(),
+            }
+        }
+        tracing::debug!("swarm event loop stopped");
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Announce(d) => {
+                if let Err(error) = self.swarm.behaviour_mut().kad.start_providing(key(&d)) {
+                    tracing::warn!(digest = %d, %error, "cannot announce blob");
+                }
+            }
+            Command::Withdraw(d) => self.swarm.behaviour_mut().kad.stop_providing(&key(&d)),
+            Command::Providers { blob, reply } => {
+                let id = self.swarm.behaviour_mut().kad.get_providers(key(&blob));
+                self.lookups.insert(id, (reply, Instant::now()));
+            }
+            Command::Ctl { peer, req, reply } => {
+                let id = self.swarm.behaviour_mut().ctl.send_request(&peer, req);
+                self.requests.insert(id, reply);
+            }
+            Command::ConnectedPeers(reply) => {
+                let _ = reply.send(self.connected.keys().copied().collect());
+            }
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Register {
+                blob,
+                index,
+                have,
+                events,
+            } => {
+                self.active.insert(
+                    blob,
+                    Active {
+                        index,
+                        have,
+                        events,
+                    },
+                );
+            }
+            Command::Unregister(blob) => {
+                self.active.remove(&blob);
+            }
+            Command::LocalHave { blob, chunk } => self.local_have(blob, chunk),
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    fn on_internal(&mut self, i: Internal) {
+        match i {
+            Internal::Respond { channel, resp } => {
+                let _ = self.swarm.behaviour_mut().ctl.send_response(channel, resp);
+            }
+            Internal::Resolved(addrs) => {
+                self.resolving = false;
+                self.on_resolved(addrs);
+            }
+        }
+    }
+
+    fn local_have(&mut self, blob: Digest, chunk: u32) {
+        if let Some(a) = self.active.get_mut(&blob) {
+            a.have.set(chunk);
+        }
+        let now = Instant::now();
+        let Some(subs) = self.subs.get(&blob) else {
+            return;
+        };
+        let peers: Vec<PeerId> = subs
+            .iter()
+            .filter(|(p, exp)| **exp > now && self.connected.contains_key(*p))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in peers {
+            // Fire and forget: the Ack is ignored, a lost Have is repaired by the next bitfield.
+            self.swarm
+                .behaviour_mut()
+                .ctl
+                .send_request(&p, CtlRequest::Have { blob, chunk });
+        }
+    }
+
+    fn subscribe(&mut self, peer: PeerId, blob: Digest) {
+        if !self.subs.contains_key(&blob) && self.subs.len() >= MAX_SUBSCRIBED_BLOBS {
+            self.prune_subscriptions();
+            if self.subs.len() >= MAX_SUBSCRIBED_BLOBS {
+                return;
+            }
+        }
+        let s = self.subs.entry(blob).or_default();
+        if s.len() < MAX_SUBSCRIBERS_PER_BLOB || s.contains_key(&peer) {
+            s.insert(peer, Instant::now() + SUBSCRIPTION);
+        }
+    }
+
+    fn prune_subscriptions(&mut self) {
+        let now = Instant::now();
+        self.subs.retain(|_, s| {
+            s.retain(|_, exp| *exp > now);
+            !s.is_empty()
+        });
+    }
+
+    fn on_ctl_request(
+        &mut self,
+        peer: PeerId,
+        req: CtlRequest,
+        channel: ResponseChannel<CtlResponse>,
+    ) {
+        let immediate = match &req {
+            CtlRequest::Have { blob, chunk } => {
+                if let Some(a) = self.active.get(blob) {
+                    let _ = a.events.try_send((peer, *chunk));
+                }
+                Some(CtlResponse::Ack)
+            }
+            CtlRequest::GetIndex { blob } => self
+                .active
+                .get(blob)
+                .map(|a| CtlResponse::Index(ChunkIndex::clone(&a.index))),
+            CtlRequest::GetBitfield { blob } => {
+                let blob = *blob;
+                self.subscribe(peer, blob);
+                self.active.get(&blob).map(|a| CtlResponse::Bitfield {
+                    chunks: a.have.len(),
+                    bits: a.have.to_bytes(),
+                })
+            }
+        };
+        if let Some(resp) = immediate {
+            let _ = self.swarm.behaviour_mut().ctl.send_response(channel, resp);
+            return;
+        }
+        let Ok(permit) = self.answer_slots.clone().try_acquire_owned() else {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .ctl
+                .send_response(channel, CtlResponse::Busy);
+            return;
+        };
+        let store = self.store.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let resp = source::answer(&store, &req).await;
+            let _ = tx.send(Internal::Respond { channel, resp }).await;
+            drop(permit);
+        });
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        self.p2p_metrics.record(&ev);
+        match ev {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => {
+                self.p2p_metrics.record(&e);
+                self.on_kad(e);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => {
+                self.p2p_metrics.record(&e);
+                self.on_identify(e);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.p2p_metrics.record(&e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ctl(e)) => self.on_ctl(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
+            SwarmEvent::Behaviour(BehaviourEvent::Stream(())) => {}
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                self.dialing.remove(&connection_id);
+                let addr = endpoint.get_remote_address().clone();
+                if endpoint.is_dialer() {
+                    self.addr_peer.insert(addr.clone(), peer_id);
+                }
+                self.connected.insert(peer_id, addr);
+                self.metrics
+                    .connected_peers
+                    .set(self.connected.len() as i64);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.connected.remove(&peer_id);
+                self.metrics
+                    .connected_peers
+                    .set(self.connected.len() as i64);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => {
+                let addr = self.dialing.remove(&connection_id);
+                if let (DialError::LocalPeerId { .. }, Some(addr)) = (&error, addr) {
+                    self.self_addrs.insert(addr);
+                }
+                tracing::debug!(%error, "dial failed");
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "swarm listening");
+                self.self_addrs.insert(address);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_kad(&mut self, e: kad::Event) {
+        let kad::Event::OutboundQueryProgressed {
+            id, result, step, ..
+        } = e
+        else {
+            return;
+        };
+        let QueryResult::GetProviders(res) = result else {
+            return;
+        };
+        let me = *self.swarm.local_peer_id();
+        let found: Vec<PeerId> = match &res {
+            Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
+                providers.iter().copied().filter(|p| *p != me).collect()
+            }
+            _ => Vec::new(),
+        };
+        if found.is_empty() && !step.last {
+            return;
+        }
+        if let Some((reply, started)) = self.lookups.remove(&id) {
+            let result = if found.is_empty() {
+                LookupResult::Empty
+            } else {
+                LookupResult::Found
+            };
+            self.metrics
+                .provider_lookups
+                .get_or_create(&LookupLabels { result })
+                .inc();
+            self.metrics
+                .provider_lookup_duration
+                .observe(started.elapsed().as_secs_f64());
+            let _ = reply.send(found);
+            if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                q.finish();
+            }
+        }
+    }
+
+    fn on_identify(&mut self, e: identify::Event) {
+        let identify::Event::Received { peer_id, info, .. } = e else {
+            return;
+        };
+        if info.protocol_version != IDENTIFY_PROTOCOL {
+            tracing::debug!(peer = %peer_id, version = %info.protocol_version, "foreign peer ignored");
+            return;
+        }
+        let seen = self.connected.get(&peer_id).cloned();
+        for a in info.listen_addrs {
+            if discovery::usable_listen_addr(&a, seen.as_ref()) {
+                self.addr_peer.insert(a.clone(), peer_id);
+                self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+            }
+        }
+    }
+
+    fn on_ctl(&mut self, e: request_response::Event<CtlRequest, CtlResponse>) {
+        use request_response::{Event, Message};
+        match e {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.on_ctl_request(peer, request, channel),
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(r) = self.requests.remove(&request_id) {
+                    let _ = r.send(Some(response));
+                }
+            }
+            Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "control request failed");
+                if let Some(r) = self.requests.remove(&request_id) {
+                    let _ = r.send(None);
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "control answer failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn discover(&mut self) {
+        if self.resolving || (self.cfg.peers.is_empty() && self.cfg.peers_dns.is_none()) {
+            return;
+        }
+        self.resolving = true;
+        let (peers, dns, tx) = (
+            self.cfg.peers.clone(),
+            self.cfg.peers_dns.clone(),
+            self.internal_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let addrs = discovery::resolve(&peers, dns.as_ref()).await;
+            let _ = tx.send(Internal::Resolved(addrs)).await;
+        });
+    }
+
+    fn on_resolved(&mut self, addrs: Vec<Multiaddr>) {
+        let now: HashSet<Multiaddr> = addrs.into_iter().collect();
+        // Peers whose address left DNS and who are not connected are forgotten.
+        for gone in self.resolved.difference(&now) {
+            if let Some(peer) = self.addr_peer.remove(gone) {
+                if !self.connected.contains_key(&peer) {
+                    self.swarm.behaviour_mut().kad.remove_peer(&peer);
+                    tracing::debug!(%peer, addr = %gone, "peer left discovery");
+                }
+            }
+        }
+        let dialing: HashSet<&Multiaddr> = self.dialing.values().collect();
+        let mut to_dial = Vec::new();
+        for a in &now {
+            let connected = self
+                .addr_peer
+                .get(a)
+                .is_some_and(|p| self.connected.contains_key(p));
+            if !connected && !dialing.contains(a) && !self.self_addrs.contains(a) {
+                to_dial.push(a.clone());
+            }
+        }
+        for a in to_dial {
+            let opts = DialOpts::unknown_peer_id().address(a.clone()).build();
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    self.dialing.insert(id, a);
+                }
+                Err(error) => tracing::debug!(addr = %a, %error, "cannot dial"),
+            }
+        }
+        self.resolved = now;
+    }
+}
+
+/// Kademlia key of a blob: its sha256 bytes.
+pub(crate) fn key(d: &Digest) -> RecordKey {
+    RecordKey::new(d.as_bytes())
+}

@@ -1,0 +1,267 @@
+//! Wire protocol: protocol names, size-capped control messages (request-response, CBOR) and the
+//! binary framing of bulk chunk streams.
+//!
+//! Chunk stream (one request per libp2p stream):
+//! ```text
+//! downloader → server:  [version u8 = 1][blob sha256: 32 bytes][chunk: u32 BE]
+//! server → downloader:  [status u8: 0 ok | 1 busy | 2 not found] then, if ok, [len: u32 BE][len bytes]
+//! ```
+//! The reader refuses a length other than the one the chunk index says, so it never allocates or
+//! reads more than one chunk.
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use preheat_core::bitfield::Bitfield;
+use preheat_core::{ChunkIndex, Digest};
+use serde::{Deserialize, Serialize};
+
+/// Kademlia protocol of the private DHT (never the public IPFS one).
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/image-preheat/kad/1.0.0");
+/// Control messages: chunk index, bitfield, have.
+pub const CTL_PROTOCOL: StreamProtocol = StreamProtocol::new("/image-preheat/ctl/1.0.0");
+/// Bulk chunk streams.
+pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/image-preheat/chunk/1.0.0");
+/// Identify protocol version string; peers with another one are not added to the DHT.
+pub const IDENTIFY_PROTOCOL: &str = "/image-preheat/1.0.0";
+
+/// Size caps of control messages (an index of 64k chunks is about 4.3 MiB of CBOR hex strings).
+pub const MAX_CTL_REQUEST: u64 = 4 * 1024;
+pub const MAX_CTL_RESPONSE: u64 = 8 * 1024 * 1024;
+
+const CHUNK_VERSION: u8 = 1;
+
+/// A control request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CtlRequest {
+    /// The blake3 chunk index of a blob (complete or being fetched).
+    GetIndex { blob: Digest },
+    /// Which chunks the answering peer has; also subscribes the asker to `Have` pushes for a while.
+    GetBitfield { blob: Digest },
+    /// Push: the sender now has this chunk.
+    Have { blob: Digest, chunk: u32 },
+}
+
+/// A control response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CtlResponse {
+    Index(ChunkIndex),
+    /// `bits` is [`Bitfield::to_bytes`] for a blob of `chunks` chunks.
+    Bitfield {
+        chunks: u32,
+        bits: Vec<u8>,
+    },
+    NotFound,
+    Ack,
+    Busy,
+}
+
+/// Why a peer's control answer was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("unexpected answer")]
+    Unexpected,
+    #[error("peer does not have the blob")]
+    NotFound,
+    #[error("peer is busy")]
+    Busy,
+    #[error("chunk index is for another blob or size")]
+    IndexMismatch,
+    #[error("malformed chunk index")]
+    BadIndex(#[from] preheat_core::chunk::ChunkIndexError),
+    #[error("malformed bitfield")]
+    BadBitfield(#[from] preheat_core::bitfield::BitfieldError),
+}
+
+/// Checks an index answer against the blob we asked for.
+pub fn check_index(
+    resp: CtlResponse,
+    blob: &Digest,
+    size: u64,
+) -> Result<ChunkIndex, ProtocolError> {
+    match resp {
+        CtlResponse::Index(idx) => {
+            idx.validate()?;
+            if idx.blob != *blob || idx.layout.size != size {
+                return Err(ProtocolError::IndexMismatch);
+            }
+            Ok(idx)
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Checks a bitfield answer against the chunk count of the index we use.
+pub fn check_bitfield(resp: CtlResponse, chunks: u32) -> Result<Bitfield, ProtocolError> {
+    match resp {
+        CtlResponse::Bitfield { chunks: n, bits } if n == chunks => {
+            Ok(Bitfield::from_bytes(n, &bits)?)
+        }
+        CtlResponse::Bitfield { .. } => Err(ProtocolError::IndexMismatch),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(resp: CtlResponse) -> ProtocolError {
+    match resp {
+        CtlResponse::NotFound => ProtocolError::NotFound,
+        CtlResponse::Busy => ProtocolError::Busy,
+        _ => ProtocolError::Unexpected,
+    }
+}
+
+/// Status byte of a chunk stream answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkStatus {
+    Ok,
+    Busy,
+    NotFound,
+}
+
+pub async fn write_chunk_request<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    blob: &Digest,
+    chunk: u32,
+) -> std::io::Result<()> {
+    let mut buf = [0u8; 37];
+    buf[0] = CHUNK_VERSION;
+    buf[1..33].copy_from_slice(blob.as_bytes());
+    buf[33..].copy_from_slice(&chunk.to_be_bytes());
+    s.write_all(&buf).await?;
+    s.flush().await
+}
+
+pub async fn read_chunk_request<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<(Digest, u32)> {
+    let mut buf = [0u8; 37];
+    s.read_exact(&mut buf).await?;
+    if buf[0] != CHUNK_VERSION {
+        return Err(invalid("unknown chunk protocol version"));
+    }
+    let mut d = [0u8; 32];
+    d.copy_from_slice(&buf[1..33]);
+    let mut c = [0u8; 4];
+    c.copy_from_slice(&buf[33..]);
+    Ok((Digest::from_bytes(d), u32::from_be_bytes(c)))
+}
+
+/// Writes the status byte; for `Ok` the caller follows with [`write_chunk_len`] and the bytes.
+pub async fn write_status<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    st: ChunkStatus,
+) -> std::io::Result<()> {
+    let b = match st {
+        ChunkStatus::Ok => 0u8,
+        ChunkStatus::Busy => 1,
+        ChunkStatus::NotFound => 2,
+    };
+    s.write_all(&[b]).await?;
+    if st != ChunkStatus::Ok {
+        s.flush().await?;
+    }
+    Ok(())
+}
+
+pub async fn write_chunk_len<S: AsyncWrite + Unpin>(s: &mut S, len: u32) -> std::io::Result<()> {
+    s.write_all(&len.to_be_bytes()).await
+}
+
+/// Reads the status and, for `Ok`, the length, which must equal `expected_len`.
+pub async fn read_chunk_header<S: AsyncRead + Unpin>(
+    s: &mut S,
+    expected_len: u32,
+) -> std::io::Result<ChunkStatus> {
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await?;
+    match b[0] {
+        0 => {
+            let mut l = [0u8; 4];
+            s.read_exact(&mut l).await?;
+            if u32::from_be_bytes(l) != expected_len {
+                return Err(invalid("chunk length differs from the index"));
+            }
+            Ok(ChunkStatus::Ok)
+        }
+        1 => Ok(ChunkStatus::Busy),
+        2 => Ok(ChunkStatus::NotFound),
+        _ => Err(invalid("unknown chunk status")),
+    }
+}
+
+fn invalid(msg: &'static str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::io::Cursor;
+
+    #[tokio::test]
+    async fn chunk_framing_roundtrips_and_rejects_wrong_length() {
+        let d = Digest::of(b"x");
+        let mut w = Cursor::new(Vec::new());
+        write_chunk_request(&mut w, &d, 7).await.unwrap();
+        let mut r = Cursor::new(w.into_inner());
+        assert_eq!(read_chunk_request(&mut r).await.unwrap(), (d, 7));
+
+        let mut w = Cursor::new(Vec::new());
+        write_status(&mut w, ChunkStatus::Ok).await.unwrap();
+        write_chunk_len(&mut w, 5).await.unwrap();
+        let bytes = w.into_inner();
+        assert_eq!(
+            read_chunk_header(&mut Cursor::new(bytes.clone()), 5)
+                .await
+                .unwrap(),
+            ChunkStatus::Ok
+        );
+        assert!(read_chunk_header(&mut Cursor::new(bytes), 6).await.is_err());
+        assert!(read_chunk_request(&mut Cursor::new(vec![9u8; 37]))
+            .await
+            .is_err());
+    }
+
+    #[test]
+    fn index_and_bitfield_answers_are_checked() {
+        let data = vec![1u8; 200_000];
+        let layout = preheat_core::ChunkLayout::new(200_000, 65_536);
+        let hashes = data
+            .chunks(65_536)
+            .map(preheat_core::chunk::chunk_hash)
+            .collect();
+        let d = Digest::of(&data);
+        let idx = ChunkIndex {
+            blob: d,
+            layout,
+            hashes,
+        };
+        assert!(check_index(CtlResponse::Index(idx.clone()), &d, 200_000).is_ok());
+        assert_eq!(
+            check_index(
+                CtlResponse::Index(idx.clone()),
+                &Digest::of(b"other"),
+                200_000
+            ),
+            Err(ProtocolError::IndexMismatch)
+        );
+        let mut short = idx;
+        short.hashes.pop();
+        assert!(matches!(
+            check_index(CtlResponse::Index(short), &d, 200_000),
+            Err(ProtocolError::BadIndex(_))
+        ));
+        let bf = CtlResponse::Bitfield {
+            chunks: 4,
+            bits: vec![0b1010_0000],
+        };
+        assert_eq!(check_bitfield(bf.clone(), 4).unwrap().count_ones(), 2);
+        assert!(check_bitfield(bf, 5).is_err());
+        let trailing = CtlResponse::Bitfield {
+            chunks: 4,
+            bits: vec![0b0000_1000],
+        };
+        assert!(check_bitfield(trailing, 4).is_err());
+        assert_eq!(
+            check_bitfield(CtlResponse::NotFound, 4).unwrap_err(),
+            ProtocolError::NotFound
+        );
+    }
+}
