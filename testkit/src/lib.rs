@@ -38,7 +38,7 @@ pub use accesslog::AccessLogEntry;
 pub use image::{
     ImageBuilder, LayerGen, ManifestFormat, PlatformSpec, PushedImage, PushedIndex, MIN_LAYER_SIZE,
 };
-pub use proxy::CountingProxy;
+pub use proxy::{CountingProxy, HttpFault};
 pub use push::{push_blob, push_blob_chunks, push_manifest};
 pub use registry::{Registry, RegistryBuilder};
 pub use tmpfs::TmpfsMount;

@@ -1,11 +1,13 @@
 //! A TCP proxy on 127.0.0.1:<free port> in front of an upstream (usually a [`crate::Registry`]),
 //! counting the bytes it sends to clients, able to cut every connection after N more bytes
-//! (a registry dying mid-layer) and to refuse new connections (a registry that is down).
+//! (a registry dying mid-layer), to refuse new connections (a registry that is down), and to answer
+//! new connections with a canned HTTP error such as 429 or 503 (plain-HTTP upstreams only).
 //! TLS passes through untouched (the registry's certificate is valid for 127.0.0.1).
 //!
 //! Invariants: one accept task owns the listener and every connection task; dropping the proxy
 //! aborts it, which aborts them all. The command channel is bounded.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,6 +32,8 @@ struct Inner {
     to_upstream: AtomicU64,
     conns: Mutex<Vec<Arc<AtomicU64>>>,
     budget: Mutex<Budget>,
+    faults: Mutex<VecDeque<HttpFault>>,
+    faults_served: AtomicU64,
     /// Bumped to drop every open connection.
     cut: watch::Sender<u64>,
 }
@@ -64,6 +68,15 @@ impl Inner {
     }
 }
 
+/// A canned HTTP answer that replaces the upstream for one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpFault {
+    /// E.g. 429, 500, 503.
+    pub status: u16,
+    /// `Retry-After` header value in seconds.
+    pub retry_after: Option<u64>,
+}
+
 enum Cmd {
     Down(bool, oneshot::Sender<Result<()>>),
 }
@@ -91,6 +104,8 @@ impl CountingProxy {
             to_upstream: AtomicU64::new(0),
             conns: Mutex::new(Vec::new()),
             budget: Mutex::new(Budget::Unlimited),
+            faults: Mutex::new(VecDeque::new()),
+            faults_served: AtomicU64::new(0),
             cut,
         });
         let (cmds, rx) = mpsc::channel(4);
@@ -152,6 +167,19 @@ impl CountingProxy {
         if bytes == Some(0) {
             self.inner.fire_cut();
         }
+    }
+
+    /// The next `n` new connections get `fault` as the answer to their first request (then close)
+    /// instead of reaching the upstream. Only for plain-HTTP upstreams. Open connections are dropped
+    /// when armed, so a client's pooled keep-alive connection cannot bypass the fault.
+    pub fn fail_next_connections(&self, n: usize, fault: HttpFault) {
+        Inner::lock(&self.inner.faults).extend(std::iter::repeat_n(fault, n));
+        self.inner.fire_cut();
+    }
+
+    /// Canned faults answered so far.
+    pub fn faults_served(&self) -> u64 {
+        self.inner.faults_served.load(Ordering::SeqCst)
     }
 
     /// Drops every open connection now.
@@ -229,6 +257,14 @@ async fn accept_loop(
 
 async fn forward(inner: Arc<Inner>, client: TcpStream, upstream: SocketAddr) {
     let mut cut = inner.cut.subscribe();
+    let fault = Inner::lock(&inner.faults).pop_front();
+    if let Some(fault) = fault {
+        if let Err(e) = serve_fault(client, fault).await {
+            tracing::debug!(error = %e, "proxy fault answer failed");
+        }
+        inner.faults_served.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
     let Ok(server) = TcpStream::connect(upstream).await else {
         tracing::debug!(%upstream, "proxy upstream refused");
         return;
@@ -280,4 +316,39 @@ async fn forward(inner: Arc<Inner>, client: TcpStream, upstream: SocketAddr) {
         _ = async { tokio::join!(up, down) } => {}
         _ = cut.changed() => {}
     }
+}
+
+/// Reads the request head (bounded to 64 KiB) and answers with `fault`, `Connection: close`.
+async fn serve_fault(mut client: TcpStream, fault: HttpFault) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < (64 << 10) {
+        let n = client.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let (reason, code) = match fault.status {
+        429 => ("Too Many Requests", "TOOMANYREQUESTS"),
+        500 => ("Internal Server Error", "UNKNOWN"),
+        502 => ("Bad Gateway", "UNAVAILABLE"),
+        503 => ("Service Unavailable", "UNAVAILABLE"),
+        _ => ("Injected Fault", "UNKNOWN"),
+    };
+    let body = format!(
+        "{{\"errors\":[{{\"code\":\"{code}\",\"message\":\"injected by preheat-testkit\"}}]}}"
+    );
+    let retry = fault
+        .retry_after
+        .map(|s| format!("Retry-After: {s}\r\n"))
+        .unwrap_or_default();
+    let resp = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n{retry}\r\n{body}",
+        fault.status,
+        body.len()
+    );
+    client.write_all(resp.as_bytes()).await?;
+    client.shutdown().await
 }

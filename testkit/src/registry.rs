@@ -165,6 +165,34 @@ impl Registry {
         self.auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
     }
 
+    /// Writes a Docker `config.json` (the `.dockerconfigjson` pull-secret format) with this registry's
+    /// credentials for each of `hosts` (default: [`Self::host`]; add a proxy's host to pull through it).
+    /// Returns its path inside the registry's temp dir.
+    pub fn docker_config(&self, hosts: &[&str]) -> Result<PathBuf> {
+        use base64::Engine as _;
+        let (user, password) = self
+            .credentials()
+            .context("registry has no htpasswd credentials")?;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let own = self.host();
+        let hosts: Vec<&str> = if hosts.is_empty() {
+            vec![own.as_str()]
+        } else {
+            hosts.to_vec()
+        };
+        let auths: serde_json::Map<String, serde_json::Value> = hosts
+            .iter()
+            .map(|h| ((*h).to_owned(), serde_json::json!({ "auth": auth })))
+            .collect();
+        let path = self._dir.path().join("docker-config.json");
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(&serde_json::json!({ "auths": auths }))?,
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
     /// A client trusting the registry's CA (no credentials attached; see [`Self::request`]).
     pub fn client(&self) -> &reqwest::Client {
         &self.client

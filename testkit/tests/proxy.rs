@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use preheat_core::Digest;
-use preheat_testkit::{CountingProxy, ImageBuilder, Registry};
+use preheat_testkit::{CountingProxy, HttpFault, ImageBuilder, Registry};
 
 fn blob_url(proxy: &CountingProxy, scheme: &str, repo: &str, digest: &Digest) -> String {
     format!("{scheme}://{}/v2/{repo}/blobs/{digest}", proxy.host())
@@ -117,5 +117,36 @@ async fn passes_tls_through() -> anyhow::Result<()> {
         .await?;
     assert_eq!(Digest::of(&body), digest);
     assert!(proxy.bytes_to_client() > size);
+    Ok(())
+}
+
+#[tokio::test]
+async fn injected_http_faults_then_upstream() -> anyhow::Result<()> {
+    let reg = Registry::start().await?;
+    let proxy = CountingProxy::start(reg.addr()).await?;
+    let url = format!("http://{}/v2/", proxy.host());
+    proxy.fail_next_connections(
+        2,
+        HttpFault {
+            status: 429,
+            retry_after: Some(3),
+        },
+    );
+    for _ in 0..2 {
+        let resp = reg.client().get(&url).send().await?;
+        assert_eq!(resp.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            resp.headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("3")
+        );
+        assert!(resp.text().await?.contains("TOOMANYREQUESTS"));
+    }
+    assert_eq!(proxy.faults_served(), 2);
+    assert_eq!(proxy.bytes_to_client(), 0, "canned answers are not counted");
+    let resp = reg.client().get(&url).send().await?;
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    assert_eq!(proxy.faults_served(), 2);
     Ok(())
 }

@@ -140,6 +140,12 @@ async fn tls_htpasswd_rejects_anonymous_and_accepts_credentials() -> anyhow::Res
     let (status, _, body) = get(&reg, "/v2/private/app/manifests/1").await?;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, img.manifest_bytes);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(reg.docker_config(&[])?)?)?;
+    let auth = config["auths"][reg.host()]["auth"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(auth, "YWxpY2U6czNjcmV0", "base64 of alice:s3cret");
     let anon_manifest = reg
         .client()
         .get(format!("{}/v2/private/app/manifests/1", reg.base_url()))
