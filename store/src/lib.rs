@@ -18,6 +18,8 @@
 //! - A chunk is recorded in `chunks.log` only after its data was fdatasync'ed; on open a torn
 //!   trailing record is dropped and every record is re-hashed against the data, so resuming never
 //!   trusts a lie on disk. The final sha256 check covers anything the chunk hashes could not.
+//! - `chunks.log` itself is not fsynced per record: after a power loss a record may be missing
+//!   (that chunk is fetched again) or torn (dropped), never trusted unverified.
 //! - On open: `tmp/` is emptied, an index without its blob is removed, a blob without its index gets
 //!   it rebuilt (and its sha256 re-checked), a partial whose blob is complete is removed.
 //! - `ENOSPC` on any write is [`StoreError::NoSpace`]; the chunk being written is not recorded and

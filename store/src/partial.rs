@@ -11,7 +11,7 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use preheat_core::chunk::chunk_hash;
+use preheat_core::chunk::{chunk_hash, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use preheat_core::{ChunkIndex, ChunkLayout, Digest};
 use serde::{Deserialize, Serialize};
 
@@ -136,7 +136,9 @@ impl Partial {
         let Ok(meta) = serde_json::from_slice::<Meta>(&bytes) else {
             return Ok(None);
         };
-        if meta.blob != digest || meta.layout.chunk_size == 0 {
+        if meta.blob != digest
+            || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&meta.layout.chunk_size)
+        {
             return Ok(None);
         }
         let index = meta

@@ -309,6 +309,9 @@ async fn crash_leftovers_are_repaired_on_open() {
     std::fs::write(blobs.join(format!("{}.index", orphan.hex())), b"{}").unwrap();
     std::fs::write(dir.path().join("tmp/blob.1.1"), b"junk").unwrap();
     std::fs::create_dir_all(dir.path().join("partial").join(gd.hex())).unwrap();
+    // Names that are not digests are never turned into paths; they are left alone.
+    std::fs::create_dir_all(dir.path().join("partial/not-a-digest")).unwrap();
+    std::fs::write(blobs.join("README"), b"x").unwrap();
 
     let store = open(dir.path()).await;
     assert!(store.contains(&gd).await);
@@ -319,6 +322,8 @@ async fn crash_leftovers_are_repaired_on_open() {
     assert!(!dir.path().join("tmp/blob.1.1").exists());
     assert!(!dir.path().join("partial").join(gd.hex()).exists());
     assert_eq!(store.usage(), good.len() as u64);
+    assert!(dir.path().join("partial/not-a-digest").exists());
+    assert!(blobs.join("README").exists());
 }
 
 #[tokio::test]
