@@ -27,6 +27,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct RegistryBuilder {
     tls: bool,
     htpasswd: Option<(String, String)>,
+    dir: Option<PathBuf>,
 }
 
 impl RegistryBuilder {
@@ -43,19 +44,35 @@ impl RegistryBuilder {
         self
     }
 
+    /// Keep config, certificates, log and storage in `dir` (created if missing, kept after drop)
+    /// instead of a private temp dir, e.g. for a demo that outlives the process.
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
     /// Starts the registry and waits until `GET /v2/` answers (bounded by [`READY_TIMEOUT`]).
     pub async fn start(self) -> Result<Registry> {
         crate::install_crypto_provider();
-        let dir = tempfile::Builder::new()
-            .prefix("preheat-registry-")
-            .tempdir()
-            .context("creating registry temp dir")?;
+        let (root, temp) = match &self.dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+                (d.clone(), None)
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("preheat-registry-")
+                    .tempdir()
+                    .context("creating registry temp dir")?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
         let tls = if self.tls {
-            Some(tls::generate(&dir.path().join("certs"))?)
+            Some(tls::generate(&root.join("certs"))?)
         } else {
             None
         };
-        let htpasswd = dir.path().join("htpasswd");
+        let htpasswd = root.join("htpasswd");
         if let Some((user, password)) = &self.htpasswd {
             tls::write_htpasswd(&htpasswd, user, password)?;
         }
@@ -68,16 +85,17 @@ impl RegistryBuilder {
         }
         let client = builder.build().context("building registry http client")?;
         let mut reg = Registry {
-            storage: dir.path().join("storage"),
-            log_path: dir.path().join("registry.log"),
-            config_path: dir.path().join("config.yml"),
+            storage: root.join("storage"),
+            log_path: root.join("registry.log"),
+            config_path: root.join("config.yml"),
             port: 0,
             tls,
             ca_pem,
             auth: self.htpasswd.clone(),
             client,
             child: Mutex::new(None),
-            _dir: dir,
+            root,
+            _temp: temp,
         };
         let htpasswd = self.htpasswd.as_ref().map(|_| htpasswd);
         // A free port can be taken by a parallel test between probe and bind: retry with a new one.
@@ -106,8 +124,9 @@ pub struct Registry {
     auth: Option<(String, String)>,
     client: reqwest::Client,
     child: Mutex<Option<Child>>,
-    // Last field: dropped after `child` is killed in `Drop`.
-    _dir: TempDir,
+    root: PathBuf,
+    // Last field: dropped after `child` is killed in `Drop`; None when the caller chose the dir.
+    _temp: Option<TempDir>,
 }
 
 impl Registry {
@@ -184,7 +203,7 @@ impl Registry {
             .iter()
             .map(|h| ((*h).to_owned(), serde_json::json!({ "auth": auth })))
             .collect();
-        let path = self._dir.path().join("docker-config.json");
+        let path = self.root.join("docker-config.json");
         std::fs::write(
             &path,
             serde_json::to_vec_pretty(&serde_json::json!({ "auths": auths }))?,
@@ -210,6 +229,11 @@ impl Registry {
             Some((user, password)) => req.basic_auth(user, Some(password)),
             None => req,
         }
+    }
+
+    /// The directory holding config, certificates, htpasswd, log and storage.
+    pub fn dir(&self) -> &Path {
+        &self.root
     }
 
     /// Root of the filesystem storage driver.

@@ -278,3 +278,23 @@ async fn range_requests_are_served_and_logged() -> anyhow::Result<()> {
     assert_eq!(reg.blob_bytes_served(&digest)?, size + size - 60_000);
     Ok(())
 }
+
+#[tokio::test]
+async fn chosen_dir_outlives_the_registry() -> anyhow::Result<()> {
+    let keep = tempfile::tempdir()?;
+    let dir = keep.path().join("reg");
+    let img = {
+        let reg = Registry::builder().dir(&dir).start().await?;
+        assert_eq!(reg.dir(), dir.as_path());
+        ImageBuilder::new()
+            .layer(5000)
+            .push(&reg, "kept/img:1")
+            .await?
+    };
+    assert!(dir.join("storage").is_dir());
+    let reg = Registry::builder().dir(&dir).start().await?;
+    let (status, _, body) = get(&reg, "/v2/kept/img/manifests/1").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, img.manifest_bytes);
+    Ok(())
+}
