@@ -198,6 +198,20 @@ impl Store {
         self.inner.lock().blobs.contains_key(d)
     }
 
+    /// Every complete blob, sorted.
+    pub fn complete_blobs(&self) -> Vec<Digest> {
+        let mut v: Vec<Digest> = self.inner.lock().blobs.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// Every partial blob (being written or left for a resume), sorted.
+    pub fn partial_blobs(&self) -> Vec<Digest> {
+        let mut v: Vec<Digest> = self.inner.lock().partials.keys().copied().collect();
+        v.sort();
+        v
+    }
+
     /// Size of a complete blob.
     pub async fn blob_len(&self, d: &Digest) -> Result<Option<u64>, StoreError> {
         Ok(self.inner.lock().blobs.get(d).map(|e| e.size))

@@ -86,6 +86,8 @@ async fn resume_after_drop_mid_chunk_and_restart() {
     let store = open(dir.path()).await;
     let info = store.partial(&d).await.unwrap().unwrap();
     assert_eq!(info.done, vec![true, true, false, false, false]);
+    assert_eq!(store.partial_blobs(), vec![d]);
+    assert!(store.complete_blobs().is_empty());
     assert_eq!(info.bytes_done, 2 * u64::from(CS));
     assert!(!store.contains(&d).await);
     assert!(matches!(
@@ -97,6 +99,8 @@ async fn resume_after_drop_mid_chunk_and_restart() {
     w.write(&blob[off..]).await.unwrap();
     w.finish().await.unwrap();
     assert_eq!(store.read_small(&d).await.unwrap(), blob);
+    assert_eq!(store.complete_blobs(), vec![d]);
+    assert!(store.partial_blobs().is_empty());
 }
 
 #[tokio::test]
