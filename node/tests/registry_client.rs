@@ -15,7 +15,7 @@ use preheat_core::manifest::Platform;
 use preheat_core::reference::Reference;
 use preheat_core::Digest;
 use preheat_store::{Store, StoreConfig};
-use preheat_testkit::{CountingProxy, ImageBuilder, ManifestFormat, Registry};
+use preheat_testkit::{CountingProxy, HttpFault, ImageBuilder, ManifestFormat, Registry};
 
 const CHUNK: u32 = 64 * 1024;
 
@@ -414,5 +414,85 @@ async fn refused_connections_are_retried_until_the_registry_is_back() -> Result<
     proxy.set_down(false).await?;
     let resolved = resolving.await??;
     assert_eq!(resolved.manifest.digest, pushed.manifest_digest);
+    Ok(())
+}
+
+async fn proxied(reg: &Registry, retry: RetryPolicy) -> Result<(CountingProxy, RegistryClient)> {
+    let proxy = CountingProxy::start(reg.addr()).await?;
+    let cfg = RegistryConfig {
+        insecure: vec![proxy.host()],
+        retry,
+        ..RegistryConfig::default()
+    };
+    Ok((proxy, RegistryClient::new(cfg)?))
+}
+
+#[tokio::test]
+async fn throttling_and_server_errors_are_retried_honouring_retry_after() -> Result<()> {
+    let reg = Registry::start().await?;
+    let pushed = ImageBuilder::new()
+        .layers(&[4_000])
+        .push(&reg, "busy/app:1")
+        .await?;
+    // Backoff alone would wait milliseconds; only Retry-After makes the client wait seconds.
+    let retry = RetryPolicy {
+        max_attempts: 6,
+        base: Duration::from_millis(1),
+        max_delay: Duration::from_secs(1),
+    };
+    let (proxy, client) = proxied(&reg, retry).await?;
+    let reference: Reference = pushed.reference_via(&proxy.host()).parse()?;
+    for status in [503, 429, 503] {
+        proxy.fail_next_connections(
+            1,
+            HttpFault {
+                status,
+                retry_after: Some(1),
+            },
+        );
+    }
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir()?;
+    let store = store_in(dir.path()).await?;
+    let report = pull_image(&client, &store, &reference, &NoProgress).await?;
+    assert_eq!(report.manifest, pushed.manifest_digest);
+    assert_eq!(proxy.faults_served(), 3);
+    // The first fault may answer the auth probe (GET /v2/), the others were waited out: a lower
+    // bound guaranteed by the sleeps, not a race.
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_errors_other_than_429_are_not_retried() -> Result<()> {
+    let reg = Registry::start().await?;
+    let pushed = ImageBuilder::new()
+        .layers(&[4_000])
+        .push(&reg, "strict/app:1")
+        .await?;
+    let (proxy, client) = proxied(&reg, fast_retry()).await?;
+    let reference: Reference = pushed.reference_via(&proxy.host()).parse()?;
+    // One for the auth probe, one for the manifest request; a retry would then succeed.
+    proxy.fail_next_connections(
+        2,
+        HttpFault {
+            status: 400,
+            retry_after: None,
+        },
+    );
+    let err = client.resolve(&reference).await.unwrap_err();
+    match &err {
+        RegistryError::Status { status, .. } => assert_eq!(*status, 400),
+        other => panic!("expected http 400, got {other:?}"),
+    }
+    assert_eq!(proxy.faults_served(), 2);
+    assert_eq!(
+        client.resolve(&reference).await?.manifest.digest,
+        pushed.manifest_digest
+    );
     Ok(())
 }

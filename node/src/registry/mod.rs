@@ -12,31 +12,34 @@
 //! connection errors (see [`RetryPolicy`]); a refused cached token is renewed once.
 
 mod auth;
+mod blob;
 pub mod credentials;
 mod error;
 mod retry;
+mod transport;
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures::{Stream, StreamExt, TryStreamExt};
+use bytes::Bytes;
+use futures::TryStreamExt;
 use preheat_core::manifest::{parse_manifest, select_platform, ImageManifest, Manifest, Platform};
 use preheat_core::reference::Reference;
 use preheat_core::Digest;
-use reqwest::header::{
-    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, RANGE, RETRY_AFTER,
-};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use reqwest::{RequestBuilder, Response, StatusCode};
 
+pub use blob::BlobStream;
 pub use credentials::{Credential, DockerConfig};
 pub use error::RegistryError;
 pub use retry::{parse_retry_after, RetryPolicy};
+pub use transport::is_insecure;
 
 use auth::Authenticator;
+use blob::{content_range_start, skip_prefix};
+use transport::{header_str, status_error};
+pub(crate) use transport::{read_capped, Endpoint};
 
 /// Largest manifest or index accepted.
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
@@ -94,88 +97,6 @@ pub struct Resolved {
     pub image: ImageManifest,
     /// The platform selected from the index (`None` for a single-platform reference).
     pub platform: Option<Platform>,
-}
-
-/// Whether `host` (`name` or `name:port`) is listed in `insecure` (`name:port` exactly, or `name` for all ports).
-pub fn is_insecure(insecure: &[String], host: &str) -> bool {
-    let host = host.to_ascii_lowercase();
-    let name = host_without_port(&host);
-    insecure.iter().any(|entry| {
-        let entry = entry.trim().to_ascii_lowercase();
-        let entry = entry
-            .strip_prefix("http://")
-            .or_else(|| entry.strip_prefix("https://"))
-            .unwrap_or(&entry)
-            .trim_end_matches('/');
-        entry == host || (entry == name && host_without_port(entry) == entry)
-    })
-}
-
-/// `a:5000` → `a`, `[::1]:5000` → `[::1]`, `a` → `a`.
-fn host_without_port(host: &str) -> &str {
-    match host.rfind(':') {
-        Some(i)
-            if !host[i..].contains(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            &host[..i]
-        }
-        _ => host,
-    }
-}
-
-/// Where one repository's requests go.
-#[derive(Debug, Clone)]
-pub(crate) struct Endpoint {
-    /// The reference's registry (the credential key), e.g. `docker.io`.
-    pub registry: String,
-    /// The API host, e.g. `registry-1.docker.io` or `127.0.0.1:5000`.
-    pub host: String,
-    pub repository: String,
-    pub scheme: &'static str,
-}
-
-impl Endpoint {
-    fn url(&self, tail: &str) -> String {
-        format!(
-            "{}://{}/v2/{}/{}",
-            self.scheme, self.host, self.repository, tail
-        )
-    }
-}
-
-/// A blob's bytes from the requested offset on, as they arrive.
-pub struct BlobStream {
-    inner: Pin<Box<dyn Stream<Item = Result<Bytes, RegistryError>> + Send>>,
-    offset: u64,
-    remaining: Option<u64>,
-}
-
-impl BlobStream {
-    /// The blob offset of the first byte this stream yields.
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-
-    /// The number of bytes the server announced from `offset` on, if it did.
-    pub fn remaining(&self) -> Option<u64> {
-        self.remaining
-    }
-}
-
-impl Stream for BlobStream {
-    type Item = Result<Bytes, RegistryError>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
-    }
-}
-
-impl std::fmt::Debug for BlobStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobStream")
-            .field("offset", &self.offset)
-            .field("remaining", &self.remaining)
-            .finish_non_exhaustive()
-    }
 }
 
 /// A registry client shared by all pulls (cheap to share behind an `Arc`).
@@ -324,25 +245,18 @@ impl RegistryClient {
                 });
             }
         }
-        let mut skip = if partial { 0 } else { offset };
+        // A 200 to a range request means the server ignored the range: drop the bytes before `offset`.
+        let skip = if partial { 0 } else { offset };
         let remaining = resp.content_length().map(|len| len.saturating_sub(skip));
         let host = ep.host.clone();
-        let inner = resp
+        let body = resp
             .bytes_stream()
             .map_err(move |source| RegistryError::Transport {
                 registry: host.clone(),
                 source,
-            })
-            .try_filter_map(move |mut bytes| {
-                if skip > 0 {
-                    let n = usize::try_from(skip).unwrap_or(usize::MAX).min(bytes.len());
-                    bytes = bytes.slice(n..);
-                    skip -= n as u64;
-                }
-                futures::future::ready(Ok((!bytes.is_empty()).then_some(bytes)))
             });
         Ok(BlobStream {
-            inner: Box::pin(inner),
+            inner: Box::pin(skip_prefix(body, skip)),
             offset,
             remaining,
         })
@@ -402,17 +316,7 @@ impl RegistryClient {
                 Ok((bytes, content_type, header_digest))
             })
             .await?;
-        let digest = Digest::of(&bytes);
-        let claimed = expected.or_else(|| header_digest.as_deref().and_then(|h| h.parse().ok()));
-        if let Some(want) = claimed {
-            if want != digest {
-                return Err(RegistryError::DigestMismatch {
-                    what: format!("manifest {r}"),
-                    expected: want,
-                    actual: digest,
-                });
-            }
-        }
+        let digest = verify_manifest_digest(&bytes, expected, header_digest.as_deref(), r)?;
         let content_type =
             content_type.map(|c| c.split(';').next().unwrap_or_default().trim().to_string());
         let manifest = parse_manifest(&bytes, content_type.as_deref()).map_err(|source| {
@@ -503,42 +407,26 @@ impl RegistryClient {
     }
 }
 
-fn status_error(
-    ep: &Endpoint,
-    status: StatusCode,
-    headers: &HeaderMap,
-    what: String,
-) -> RegistryError {
-    let retry_after = if matches!(
-        status,
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-    ) {
-        headers
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()))
-    } else {
-        None
-    };
-    RegistryError::Status {
-        registry: ep.host.clone(),
-        status: status.as_u16(),
-        what,
-        retry_after,
+/// The sha256 of manifest `bytes`, checked against the digest the reference names and the
+/// `Docker-Content-Digest` header (ignored when it is not a sha256 digest).
+fn verify_manifest_digest(
+    bytes: &[u8],
+    expected: Option<Digest>,
+    header: Option<&str>,
+    r: &Reference,
+) -> Result<Digest, RegistryError> {
+    let actual = Digest::of(bytes);
+    let header = header.and_then(|h| h.trim().parse::<Digest>().ok());
+    for want in expected.into_iter().chain(header) {
+        if want != actual {
+            return Err(RegistryError::DigestMismatch {
+                what: format!("manifest {r}"),
+                expected: want,
+                actual,
+            });
+        }
     }
-}
-
-fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
-/// `bytes 100-199/200` → 100.
-fn content_range_start(value: &str) -> Option<u64> {
-    let range = value.trim().strip_prefix("bytes")?.trim_start();
-    range.split('-').next()?.trim().parse().ok()
+    Ok(actual)
 }
 
 fn available_platforms(descs: &[preheat_core::manifest::Descriptor]) -> String {
@@ -553,76 +441,33 @@ fn available_platforms(descs: &[preheat_core::manifest::Descriptor]) -> String {
     }
 }
 
-/// Reads a whole response body, refusing more than `limit` bytes (announced or actual).
-pub(crate) async fn read_capped(
-    resp: Response,
-    limit: u64,
-    host: &str,
-    what: &str,
-) -> Result<Bytes, RegistryError> {
-    let too_large = || RegistryError::TooLarge {
-        what: what.to_string(),
-        limit,
-    };
-    if resp.content_length().is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    let mut buf = BytesMut::new();
-    let mut body = resp.bytes_stream();
-    while let Some(piece) = body.next().await {
-        let piece = piece.map_err(|source| RegistryError::Transport {
-            registry: host.to_string(),
-            source,
-        })?;
-        if (buf.len() + piece.len()) as u64 > limit {
-            return Err(too_large());
-        }
-        buf.extend_from_slice(&piece);
-    }
-    Ok(buf.freeze())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn list(items: &[&str]) -> Vec<String> {
-        items.iter().map(|s| s.to_string()).collect()
-    }
-
     #[test]
-    fn insecure_matches_host_and_port() {
-        let insecure = list(&[
-            "reg.local:5000",
-            "plain.local",
-            "[::1]:5000",
-            "HTTP://Mixed.Case:80/",
-        ]);
-        assert!(is_insecure(&insecure, "reg.local:5000"));
-        assert!(!is_insecure(&insecure, "reg.local:5001"));
-        assert!(!is_insecure(&insecure, "reg.local"));
-        assert!(is_insecure(&insecure, "plain.local"));
-        assert!(is_insecure(&insecure, "plain.local:8080"));
-        assert!(is_insecure(&insecure, "[::1]:5000"));
-        assert!(!is_insecure(&insecure, "[::1]:5001"));
-        assert!(is_insecure(&insecure, "mixed.case:80"));
-        assert!(!is_insecure(&insecure, "other.local"));
-        assert!(!is_insecure(&[], "reg.local:5000"));
-        assert!(!is_insecure(&list(&["reg"]), "reg.local"));
-    }
-
-    #[test]
-    fn host_port_split() {
-        assert_eq!(host_without_port("a:5000"), "a");
-        assert_eq!(host_without_port("a"), "a");
-        assert_eq!(host_without_port("[::1]:5000"), "[::1]");
-        assert_eq!(host_without_port("[::1]"), "[::1]");
-    }
-
-    #[test]
-    fn content_range() {
-        assert_eq!(content_range_start("bytes 100-199/200"), Some(100));
-        assert_eq!(content_range_start("bytes 0-0/*"), Some(0));
-        assert_eq!(content_range_start("items 1-2"), None);
+    fn manifest_digests_are_checked_against_reference_and_header() {
+        let r: Reference = "127.0.0.1:5000/a/b:1".parse().unwrap();
+        let bytes = br#"{"schemaVersion":2}"#;
+        let right = Digest::of(bytes);
+        let wrong = Digest::of(b"other");
+        assert_eq!(
+            verify_manifest_digest(bytes, None, None, &r).unwrap(),
+            right
+        );
+        assert_eq!(
+            verify_manifest_digest(bytes, Some(right), Some(&right.to_string()), &r).unwrap(),
+            right
+        );
+        assert_eq!(
+            verify_manifest_digest(bytes, None, Some("sha512:abc"), &r).unwrap(),
+            right
+        );
+        let err = verify_manifest_digest(bytes, Some(wrong), None, &r).unwrap_err();
+        assert_eq!(err.kind(), "digest_mismatch");
+        assert!(err.to_string().contains("127.0.0.1:5000/a/b:1"), "{err}");
+        let err =
+            verify_manifest_digest(bytes, Some(right), Some(&wrong.to_string()), &r).unwrap_err();
+        assert!(matches!(err, RegistryError::DigestMismatch { expected, .. } if expected == wrong));
     }
 }
