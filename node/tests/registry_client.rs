@@ -496,3 +496,95 @@ async fn client_errors_other_than_429_are_not_retried() -> Result<()> {
     );
     Ok(())
 }
+
+/// A one-purpose HTTP/1.1 responder: records each request head and answers with `respond(path)`.
+/// It stands in for blob storage behind a redirect (as distribution's S3 driver does), which the
+/// filesystem-backed test registry cannot produce.
+async fn tiny_http(
+    respond: impl Fn(&str) -> String + Send + Sync + 'static,
+) -> Result<(std::net::SocketAddr, std::sync::Arc<Mutex<Vec<String>>>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let respond = std::sync::Arc::new(respond);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let log = log.clone();
+            let respond = respond.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                log.lock().unwrap().push(head);
+                let _ = sock.write_all(respond(&path).as_bytes()).await;
+            });
+        }
+    });
+    Ok((addr, seen))
+}
+
+#[tokio::test]
+async fn blob_redirects_are_followed_without_leaking_credentials() -> Result<()> {
+    let (storage, storage_seen) = tiny_http(|_| {
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello".to_owned()
+    })
+    .await?;
+    let storage_port = storage.port();
+    let (front, front_seen) = tiny_http(move |path| {
+        if path == "/v2/" {
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+        } else {
+            // Another host name for the same loopback address: a cross-host redirect.
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://localhost:{storage_port}/data\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        }
+    })
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let host = front.to_string();
+    let cfg = RegistryConfig {
+        insecure: vec![host.clone()],
+        docker_config: Some(docker_config(dir.path(), &host, "alice", "s3cret")?),
+        retry: fast_retry(),
+        ..RegistryConfig::default()
+    };
+    let client = RegistryClient::new(cfg)?;
+    let reference: Reference = format!("{host}/r/app:1").parse()?;
+    let digest = Digest::of(b"hello");
+    let stream = client.blob_stream(&reference, &digest, 0).await?;
+    let body: Vec<bytes::Bytes> = futures::TryStreamExt::try_collect(stream).await?;
+    assert_eq!(body.concat(), b"hello");
+
+    let front_seen = front_seen.lock().unwrap().clone();
+    let blob_get = front_seen
+        .iter()
+        .find(|h| h.contains("/blobs/"))
+        .expect("blob request reached the registry");
+    assert!(
+        blob_get
+            .to_ascii_lowercase()
+            .contains("authorization: basic"),
+        "{blob_get}"
+    );
+    let storage_seen = storage_seen.lock().unwrap().clone();
+    assert_eq!(storage_seen.len(), 1, "{storage_seen:?}");
+    assert!(
+        !storage_seen[0]
+            .to_ascii_lowercase()
+            .contains("authorization"),
+        "credentials leaked to the redirect target: {}",
+        storage_seen[0]
+    );
+    Ok(())
+}
