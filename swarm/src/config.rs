@@ -38,6 +38,9 @@ pub struct SwarmConfig {
     /// TEST ONLY: flip a bit in every chunk this node serves, to exercise bad-peer detection.
     /// Never set this outside tests.
     pub test_corrupt_uploads: bool,
+    /// TEST ONLY: answer `GetIndex` with the hashes of the corrupted chunks `test_corrupt_uploads`
+    /// serves: a consistent forger whose chunks pass blake3 but fail the final sha256.
+    pub test_forge_index: bool,
 }
 
 impl Default for SwarmConfig {
@@ -62,6 +65,7 @@ impl Default for SwarmConfig {
             chunk_timeout: Duration::from_secs(30),
             ban_duration: Duration::from_secs(600),
             test_corrupt_uploads: false,
+            test_forge_index: false,
         }
     }
 }

@@ -19,6 +19,28 @@ pub fn to_multiaddr(sa: SocketAddr) -> Multiaddr {
     Multiaddr::empty().with(ip).with(Protocol::Tcp(sa.port()))
 }
 
+/// Parses a peer given on the command line: a multiaddr (`/ip4/10.0.0.5/tcp/4001`,
+/// `/dns4/node-a/tcp/4001`), `ip:port`, `[v6]:port` or `host:port` (resolved at every discovery round).
+pub fn parse_peer(s: &str) -> Option<Multiaddr> {
+    if s.starts_with('/') {
+        return s.parse().ok();
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(to_multiaddr(sa));
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let valid = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    valid.then(|| {
+        Multiaddr::empty()
+            .with(Protocol::Dns(host.to_owned().into()))
+            .with(Protocol::Tcp(port))
+    })
+}
+
 /// Resolves the static peers and the DNS name into dialable addresses (duplicates removed,
 /// at most [`MAX_ADDRS`]). Names that do not resolve are skipped; the next round retries.
 pub async fn resolve(peers: &[Multiaddr], dns: Option<&(String, u16)>) -> Vec<Multiaddr> {
@@ -127,6 +149,27 @@ mod tests {
         assert!(!got.iter().any(|a| a.to_string().contains("dns")));
         let none = resolve(&[], Some(&("no-such-name.invalid".to_owned(), 1))).await;
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn peers_parse_in_every_spelling() {
+        let p = |s: &str| parse_peer(s).map(|a| a.to_string());
+        assert_eq!(
+            p("10.0.0.5:4001").as_deref(),
+            Some("/ip4/10.0.0.5/tcp/4001")
+        );
+        assert_eq!(p("[::1]:4001").as_deref(), Some("/ip6/::1/tcp/4001"));
+        assert_eq!(
+            p("node-a.svc:4001").as_deref(),
+            Some("/dns/node-a.svc/tcp/4001")
+        );
+        assert_eq!(
+            p("/ip4/1.2.3.4/tcp/1").as_deref(),
+            Some("/ip4/1.2.3.4/tcp/1")
+        );
+        assert_eq!(p("node-a"), None);
+        assert_eq!(p("bad host:1"), None);
+        assert_eq!(p("/nonsense"), None);
     }
 
     #[test]

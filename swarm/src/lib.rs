@@ -51,7 +51,7 @@ use preheat_core::Digest;
 use preheat_store::StoreError;
 
 pub use config::SwarmConfig;
-pub use discovery::to_multiaddr;
+pub use discovery::{parse_peer, to_multiaddr};
 pub use handle::{FetchReport, Swarm, SwarmHandle};
 pub use libp2p::{Multiaddr, PeerId};
 

@@ -99,9 +99,57 @@ async fn providers_announce_withdraw_and_local_blobs() {
         .unwrap();
     assert!(r.already_local);
     a.handle.withdraw(d).await.unwrap();
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &b.registry).unwrap();
+    for name in [
+        "peer_fetch_total",
+        "swarm_connected_peers",
+        "swarm_provider_lookups_total",
+        "libp2p_",
+    ] {
+        assert!(text.contains(name), "{name} missing from metrics");
+    }
     b.handle.shutdown().await;
     assert!(matches!(
         b.handle.connected_peers().await,
         Err(Error::Stopped)
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_index_fails_the_digest_and_another_source_completes_the_blob() {
+    let data = random_blob(4 * CHUNK as usize);
+    let d = Digest::of(&data);
+    let size = data.len() as u64;
+    // A consistent forger: its chunks match its own index, but not the blob's sha256.
+    let mut fcfg = config(vec![]);
+    fcfg.test_corrupt_uploads = true;
+    fcfg.test_forge_index = true;
+    let forger = node(fcfg, &[&data]).await;
+    let leecher = node(config(vec![forger.addr.clone()]), &[]).await;
+    wait_connected(&[&leecher.handle], 1).await;
+
+    let h = leecher.handle.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job = tokio::spawn(async move { h.fetch_blob(d, size, deadline).await });
+    // The leecher takes the whole forged blob from the forger...
+    let until = Instant::now() + Duration::from_secs(20);
+    while forger.handle.bytes_sent() < size {
+        assert!(Instant::now() < until, "the forger never served the blob");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and only then does an honest seeder appear.
+    let honest = node(
+        config(vec![forger.addr.clone(), leecher.addr.clone()]),
+        &[&data],
+    )
+    .await;
+    let r = tokio::time::timeout(Duration::from_secs(35), job)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.forged_indexes, 1, "{r:?}");
+    assert_eq!(stored_digest(&leecher.store, &d).await, d);
+    assert!(honest.handle.bytes_sent() >= size);
 }

@@ -296,8 +296,9 @@ impl EventLoop {
         };
         let store = self.store.clone();
         let tx = self.internal_tx.clone();
+        let forge = self.cfg.test_forge_index;
         tokio::spawn(async move {
-            let resp = source::answer(&store, &req).await;
+            let resp = source::answer(&store, &req, forge).await;
             let _ = tx.send(Internal::Respond { channel, resp }).await;
             drop(permit);
         });
