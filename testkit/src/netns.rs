@@ -117,7 +117,10 @@ impl LabBuilder {
             self.hosts
         );
         if let Some(&i) = self.overrides.keys().find(|&&i| i >= self.hosts) {
-            bail!("shaping override for host {i}, but the lab has {} hosts", self.hosts);
+            bail!(
+                "shaping override for host {i}, but the lab has {} hosts",
+                self.hosts
+            );
         }
         self.default.validate()?;
         for shaping in self.overrides.values() {
@@ -227,7 +230,10 @@ impl Lab {
             let bridge_addr = format!("{}/24", offset(subnet, 1));
             admin_args("ip", &["-n", ns, "link", "set", "lo", "up"])?;
             admin_args("ip", &["-n", ns, "link", "add", BRIDGE, "type", "bridge"])?;
-            admin_args("ip", &["-n", ns, "addr", "add", &bridge_addr, "dev", BRIDGE])?;
+            admin_args(
+                "ip",
+                &["-n", ns, "addr", "add", &bridge_addr, "dev", BRIDGE],
+            )?;
             admin_args("ip", &["-n", ns, "link", "set", BRIDGE, "up"])?;
             return Ok(lab);
         }
@@ -246,12 +252,22 @@ impl Lab {
             switch_ns: self.switch_ns.clone(),
             bridge_port: format!("v{index}"),
         };
-        let (ns, sw, port) = (host.netns.as_str(), self.switch_ns.as_str(), host.bridge_port.as_str());
+        let (ns, sw, port) = (
+            host.netns.as_str(),
+            self.switch_ns.as_str(),
+            host.bridge_port.as_str(),
+        );
         admin_args(
             "ip",
-            &["link", "add", HOST_IFACE, "netns", ns, "type", "veth", "peer", "name", port, "netns", sw],
+            &[
+                "link", "add", HOST_IFACE, "netns", ns, "type", "veth", "peer", "name", port,
+                "netns", sw,
+            ],
         )?;
-        admin_args("ip", &["-n", sw, "link", "set", port, "master", BRIDGE, "up"])?;
+        admin_args(
+            "ip",
+            &["-n", sw, "link", "set", port, "master", BRIDGE, "up"],
+        )?;
         admin_args("ip", &["-n", ns, "link", "set", "lo", "up"])?;
         let addr = format!("{}/24", host.ip);
         admin_args("ip", &["-n", ns, "addr", "add", &addr, "dev", HOST_IFACE])?;
@@ -332,7 +348,10 @@ fn remove_namespaces(namespaces: &[String]) {
             break;
         }
         if Instant::now() >= deadline {
-            tracing::warn!(?pids, "lab processes survived SIGKILL; namespaces may linger");
+            tracing::warn!(
+                ?pids,
+                "lab processes survived SIGKILL; namespaces may linger"
+            );
             break;
         }
         let mut args = vec!["-s", "KILL"];

@@ -30,9 +30,15 @@ pub struct Shaping {
 impl Shaping {
     pub(crate) fn validate(&self) -> Result<()> {
         ensure!(self.upload_bps != Some(0), "upload rate must be positive");
-        ensure!(self.download_bps != Some(0), "download rate must be positive");
+        ensure!(
+            self.download_bps != Some(0),
+            "download rate must be positive"
+        );
         if let Some(loss) = self.loss_pct {
-            ensure!((0.0..=100.0).contains(&loss), "loss {loss}% is not in 0..=100");
+            ensure!(
+                (0.0..=100.0).contains(&loss),
+                "loss {loss}% is not in 0..=100"
+            );
         }
         Ok(())
     }
@@ -113,7 +119,11 @@ impl Host {
                 self.netns
             );
         }
-        let label = format!("{:?} in {}", cmd.get_args().nth(3).unwrap_or_default(), self.netns);
+        let label = format!(
+            "{:?} in {}",
+            cmd.get_args().nth(3).unwrap_or_default(),
+            self.netns
+        );
         LabProcess::spawn(cmd, label)
     }
 
@@ -132,7 +142,16 @@ impl Host {
     pub fn counters(&self) -> Result<LinkCounters> {
         let out = admin_args(
             "ip",
-            &["-n", &self.netns, "-s", "-j", "link", "show", "dev", HOST_IFACE],
+            &[
+                "-n",
+                &self.netns,
+                "-s",
+                "-j",
+                "link",
+                "show",
+                "dev",
+                HOST_IFACE,
+            ],
         )?;
         let json: Value = serde_json::from_str(&out).context("parsing ip -j link output")?;
         let stats = &json[0]["stats64"];
@@ -164,7 +183,9 @@ impl Host {
         let (ns, dev) = self.side(direction);
         let out = admin_args("tc", &["-n", ns, "-s", "-j", "qdisc", "show", "dev", dev])?;
         let json: Value = serde_json::from_str(&out).context("parsing tc -j qdisc output")?;
-        let list = json.as_array().context("tc -j qdisc output is not a list")?;
+        let list = json
+            .as_array()
+            .context("tc -j qdisc output is not a list")?;
         Ok(list
             .iter()
             .map(|q| QdiscStats {

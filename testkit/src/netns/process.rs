@@ -149,7 +149,10 @@ pub fn output_within(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     let stderr = child.stderr.take().map(drain);
     let deadline = Instant::now() + timeout;
     let status = loop {
-        if let Some(status) = child.try_wait().with_context(|| format!("waiting for {what}"))? {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("waiting for {what}"))?
+        {
             break Some(status);
         }
         if Instant::now() >= deadline {
