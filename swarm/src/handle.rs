@@ -152,7 +152,7 @@ impl Swarm {
                 event_loop: Mutex::new(Some(event_loop)),
             }),
         };
-        for d in complete_blobs(&handle.inner.store).await {
+        for d in handle.inner.store.complete_blobs() {
             handle.announce(d).await?;
         }
         Ok(handle)
@@ -295,24 +295,4 @@ async fn withdraw_evicted(store: Store, tx: mpsc::Sender<Command>) {
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
-}
-
-/// Complete blobs of the store, for re-announcement at start. The store has no listing call yet,
-/// so this reads its documented layout (`blobs/sha256/<hex>`) and confirms each with `contains`.
-async fn complete_blobs(store: &Store) -> Vec<Digest> {
-    let dir = store.dir().join("blobs").join("sha256");
-    let mut out = Vec::new();
-    let Ok(mut rd) = tokio::fs::read_dir(&dir).await else {
-        return out;
-    };
-    while let Ok(Some(e)) = rd.next_entry().await {
-        let name = e.file_name();
-        let Some(d) = name.to_str().and_then(|n| Digest::from_hex(n).ok()) else {
-            continue;
-        };
-        if store.contains(&d).await {
-            out.push(d);
-        }
-    }
-    out
 }
