@@ -212,6 +212,7 @@ fn shaped_link_carries_traffic_through_its_token_bucket() {
                 .stdout(Stdio::piped()),
         )
         .unwrap();
+    let started = std::time::Instant::now();
     let sent = tx_host
         .output(
             tx_host
@@ -234,6 +235,12 @@ fn shaped_link_carries_traffic_through_its_token_bucket() {
     let mut out = String::new();
     std::io::Read::read_to_string(receiver.child_mut().stdout.as_mut().unwrap(), &mut out).unwrap();
     assert_eq!(out.trim(), PAYLOAD.to_string());
+    // Informational only (no timed assertion): 20 Mbit/s gives about 2 s for 5 MB.
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "5 MB through 20 Mbit/s links in {secs:.2} s ({:.1} Mbit/s)",
+        PAYLOAD as f64 * 8e-6 / secs
+    );
 
     assert!(tx_host.tx_bytes().unwrap() - tx_before >= PAYLOAD);
     assert!(rx_host.rx_bytes().unwrap() - rx_before >= PAYLOAD);
@@ -287,7 +294,7 @@ fn delay_and_loss_use_netem_or_fail_clearly() {
             let up = lab.host(0).qdisc_show(Direction::Upload).unwrap();
             assert!(up.contains("netem") && up.contains("tbf"), "{up}");
         }
-        // Kernels without sch_netem (like this machine's) must say so, and leave nothing behind.
+        // Kernels without sch_netem (like this machine's) must say so; the half-built lab is dropped.
         Err(e) => {
             let text = format!("{e:#}");
             assert!(text.contains("netem qdisc is not available"), "{text}");
@@ -379,4 +386,44 @@ fn cleanup_stale_removes_dead_runs_and_spares_live_labs() {
         live.namespaces().iter().all(|n| netns_exists(n)),
         "a live lab was removed"
     );
+}
+
+#[test]
+fn sixteen_hosts_with_an_origin_override_reach_each_other() {
+    let started = std::time::Instant::now();
+    let lab = Lab::builder()
+        .hosts(17)
+        .upload_rate_bps(100_000_000)
+        .download_rate_bps(100_000_000)
+        .host_shaping(
+            16,
+            Shaping {
+                upload_bps: Some(50_000_000),
+                ..Shaping::default()
+            },
+        )
+        .build()
+        .unwrap();
+    eprintln!("17-host lab built in {:?}", started.elapsed());
+    let origin = lab.host(16);
+    assert!(origin
+        .qdisc_show(Direction::Upload)
+        .unwrap()
+        .contains("rate 50Mbit"));
+    assert!(!origin
+        .qdisc_show(Direction::Download)
+        .unwrap()
+        .contains("tbf"));
+    for host in &lab.hosts()[..16] {
+        let out = origin
+            .output(
+                origin
+                    .command("ping")
+                    .args(["-n", "-c", "1", "-W", "2"])
+                    .arg(host.ip().to_string()),
+                BOUND,
+            )
+            .unwrap();
+        assert!(out.status.success(), "origin cannot reach {}", host.ip());
+    }
 }
