@@ -375,16 +375,20 @@ async fn a_cut_mid_layer_resumes_from_stored_chunks() -> Result<()> {
         .filter(|e| e.blob_digest() == Some(layer))
         .collect();
     assert_eq!(layer_gets.len(), 2, "{layer_gets:?}");
-    assert_eq!(layer_gets[1].status, 206, "the retry asked for a range");
+    // Log lines are written when a handler returns, so the aborted request may be logged last.
+    let retry = layer_gets
+        .iter()
+        .find(|e| e.status == 206)
+        .expect("the retry asked for a range");
     // The first request delivered about half the layer (less manifest, config and headers); the
     // retry starts at the last stored chunk boundary before that point.
     let received_first = layer_size / 2 - overhead - pushed.config_bytes.len() as u64;
     assert!(
-        layer_gets[1].bytes <= layer_size - received_first + u64::from(CHUNK),
+        retry.bytes <= layer_size - received_first + u64::from(CHUNK),
         "second request served {} bytes of {layer_size}",
-        layer_gets[1].bytes
+        retry.bytes
     );
-    assert!(layer_gets[1].bytes < layer_size - u64::from(CHUNK));
+    assert!(retry.bytes < layer_size - u64::from(CHUNK));
     Ok(())
 }
 
@@ -586,5 +590,92 @@ async fn blob_redirects_are_followed_without_leaking_credentials() -> Result<()>
         "credentials leaked to the redirect target: {}",
         storage_seen[0]
     );
+    Ok(())
+}
+
+/// Signals once `after` bytes are stored.
+struct TripWire {
+    after: u64,
+    advanced: AtomicU64,
+    tripped: tokio::sync::Notify,
+}
+
+impl PullProgress for TripWire {
+    fn start(&self, _: u64, _: u64) {}
+    fn advance(&self, bytes: u64) {
+        let before = self.advanced.fetch_add(bytes, Ordering::SeqCst);
+        if before < self.after && before + bytes >= self.after {
+            self.tripped.notify_one();
+        }
+    }
+    fn blob_done(&self, _: &Digest) {}
+    fn message(&self, _: &str) {}
+}
+
+#[tokio::test]
+async fn a_failed_pull_leaves_chunks_that_the_next_pull_resumes_from() -> Result<()> {
+    let reg = Registry::start().await?;
+    let layer_size = 30 * u64::from(CHUNK);
+    let pushed = ImageBuilder::new()
+        .layers(&[layer_size])
+        .push(&reg, "again/app:1")
+        .await?;
+    let (layer, _) = pushed.layers[0];
+    let client = client_for(&reg, None)?;
+    let reference: Reference = pushed.reference.parse()?;
+    let dir = tempfile::tempdir()?;
+    let store = store_in(dir.path()).await?;
+
+    // The pull is dropped (as a killed process would stop) once half the layer is stored. Chunk
+    // writes yield to the runtime, so the biased select sees the signal right after the crossing.
+    let wire = TripWire {
+        after: layer_size / 2,
+        advanced: AtomicU64::new(0),
+        tripped: tokio::sync::Notify::new(),
+    };
+    tokio::select! {
+        biased;
+        () = wire.tripped.notified() => {}
+        res = pull_image(&client, &store, &reference, &wire) => panic!("pull was not interrupted: {res:?}"),
+    }
+    let partial = store.partial(&layer).await?.expect("partial kept");
+    let config_size = pushed.config_bytes.len() as u64;
+    assert!(
+        partial.bytes_done >= layer_size / 2 - config_size,
+        "{partial:?}"
+    );
+    assert!(partial.bytes_done < layer_size, "{partial:?}");
+    assert!(!store.contains(&layer).await);
+    drop(store);
+
+    // A new process: the store is reopened and the pull continues from the stored prefix.
+    let store = store_in(dir.path()).await?;
+    let report = pull_image(&client, &store, &reference, &NoProgress).await?;
+    assert!(store.contains(&layer).await);
+    // A chunk write already handed to the blocking pool when the pull was dropped may still land,
+    // so the second pull can find more than the snapshot above, never less.
+    assert!(
+        report.present_bytes >= config_size + partial.bytes_done,
+        "{report:?}"
+    );
+    assert_eq!(
+        report.present_bytes + report.fetched_bytes,
+        pushed.total_size
+    );
+    // The registry served the second request as a range: exactly the missing suffix.
+    let log = reg
+        .wait_access_log(Duration::from_secs(10), |log| {
+            log.iter()
+                .filter(|e| e.blob_digest() == Some(layer))
+                .count()
+                >= 2
+        })
+        .await?;
+    let ranged: Vec<_> = log
+        .iter()
+        .filter(|e| e.blob_digest() == Some(layer) && e.status == 206)
+        .collect();
+    assert_eq!(ranged.len(), 1, "{log:?}");
+    assert_eq!(ranged[0].bytes, report.fetched_bytes);
     Ok(())
 }
