@@ -143,8 +143,15 @@ mod tests {
     fn index_verifies_and_roundtrips() {
         let data = vec![7u8; 150_000];
         let layout = ChunkLayout::new(data.len() as u64, MIN_CHUNK_SIZE);
-        let hashes = data.chunks(MIN_CHUNK_SIZE as usize).map(chunk_hash).collect();
-        let idx = ChunkIndex { blob: crate::Digest::of(&data), layout, hashes };
+        let hashes = data
+            .chunks(MIN_CHUNK_SIZE as usize)
+            .map(chunk_hash)
+            .collect();
+        let idx = ChunkIndex {
+            blob: crate::Digest::of(&data),
+            layout,
+            hashes,
+        };
         idx.validate().unwrap();
         assert!(idx.verify(2, &data[2 * 65536..]));
         assert!(!idx.verify(1, &data[2 * 65536..]));
