@@ -14,8 +14,8 @@ build:
 
 ## demo: start a local registry with a generated image and pull it into a store
 demo: deps
-	$(CARGO) build -p image-preheat
-	./scripts/demo.sh "$(BIN)"
+	$(CARGO) build -p image-preheat -p preheat-testkit --bins
+	./scripts/demo.sh "$(BIN)" "$(CARGO_TARGET_DIR)/debug/preheat-fixture"
 
 ## test: install what tests need, check formatting and lints, run every test
 test: deps lint
