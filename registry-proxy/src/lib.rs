@@ -1,1 +1,86 @@
-//! placeholder, filled below
+//! Node-local, read-only OCI distribution v2 registry mirror of image-preheat, for containerd's
+//! `hosts.toml` mirrors (and Docker's `registry-mirrors` for Docker Hub).
+//!
+//! ```text
+//!  containerd ──GET /v2/<name>/{manifests,blobs}/<ref>?ns=<registry>──► router
+//!     router: concurrency permit (else 429) ─► size limits ─► method (else 405) ─► parse path
+//!          ─► Source (the node composes a Chain: local store → swarm → upstream, each with a
+//!             resolve timeout) ─► headers + streamed body, or 404 so containerd goes upstream
+//! ```
+//!
+//! Invariants:
+//! - The router only sees the [`Source`] trait, never the swarm or the store.
+//! - Every refusal is a [`ProxyError`], mapped to status and OCI code by one table; no input
+//!   panics or answers 5xx (only a failing source can give 502).
+//! - Memory per request is bounded: bodies are streams pulled by the client; a concurrency permit
+//!   is held until the body is sent, and further requests get 429 instead of queueing.
+//! - Manifests are served byte-exact and only if they hash to their digest.
+
+mod error;
+mod memory;
+mod metrics;
+mod name;
+mod range;
+mod router;
+mod source;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+
+pub use error::{BoxError, ProxyError};
+pub use memory::MemorySource;
+pub use metrics::Metrics;
+pub use name::{parse_v2_path, RepoName, TagOrDigest, V2Path, NAME_MAX_LEN};
+pub use range::{parse_range, ByteRange, RangeSpec, RangeSyntaxError};
+pub use router::{router, API_VERSION_HEADER, CONTENT_DIGEST_HEADER, MAX_URI_LEN};
+pub use source::{
+    check_manifest, Blob, BlobBody, BlobStat, Chain, Manifest, Source, SourceKind,
+    MANIFEST_MAX_BYTES,
+};
+
+/// Settings of the mirror.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Longest wait for the source to answer (headers, not the whole body); then 404.
+    pub resolve_timeout: Duration,
+    /// Requests served at once (bodies included); more get 429 `TOOMANYREQUESTS`.
+    pub max_concurrent: usize,
+    /// Tags never resolved by the mirror (e.g. `latest`): 404 `MANIFEST_UNKNOWN`, so the runtime
+    /// asks the origin. Digests are unaffected.
+    pub never_resolve_tags: Vec<String>,
+    /// Cap on the number of request headers.
+    pub max_headers: usize,
+    /// Cap on the summed size of request header names and values.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            resolve_timeout: Duration::from_secs(3),
+            max_concurrent: 64,
+            never_resolve_tags: Vec::new(),
+            max_headers: 64,
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Serves the mirror on `listener` until `shutdown` completes (then finishes open responses).
+/// Registers the `mirror_*` metrics in `registry`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    source: Arc<dyn Source>,
+    cfg: ProxyConfig,
+    registry: &mut Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let metrics = Metrics::new(registry);
+    let app = router(source, cfg, metrics);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
