@@ -1,5 +1,7 @@
 //! Router behaviour through `tower::ServiceExt::oneshot`, over a [`MemorySource`].
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::sync::Arc;
 
 use axum::body::Body;

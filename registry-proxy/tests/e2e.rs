@@ -1,0 +1,298 @@
+//! End to end with real components: images pushed to a real docker-registry, copied into a real
+//! preheat-store, served by the mirror over TCP through a store-backed `Source`; `skopeo copy`
+//! from the mirror must equal `skopeo copy` from the origin byte for byte; Range and HEAD checked
+//! over real HTTP.
+
+use std::collections::HashMap;
+use std::io::SeekFrom;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use anyhow::{ensure, Context, Result};
+use async_trait::async_trait;
+use preheat_core::Digest;
+use preheat_store::{Store, StoreConfig};
+use preheat_testkit::image::{ImageBuilder, ManifestFormat, PushedImage};
+use preheat_testkit::registry::Registry as Origin;
+use prometheus_client::registry::Registry;
+use registry_proxy::{
+    serve, Blob, BlobStat, Manifest, ProxyConfig, ProxyError, RangeSpec, RepoName, Source,
+    SourceKind, TagOrDigest,
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+/// A `Source` over a preheat-store: blobs and manifests by digest, tags from a map.
+struct StoreSource {
+    store: Store,
+    /// `(repository, tag)` → manifest digest.
+    tags: HashMap<(String, String), Digest>,
+    media_types: HashMap<Digest, String>,
+}
+
+#[async_trait]
+impl Source for StoreSource {
+    async fn manifest(
+        &self,
+        name: &RepoName,
+        reference: &TagOrDigest,
+        _ns: Option<&str>,
+    ) -> Result<Option<Manifest>, ProxyError> {
+        let digest = match reference {
+            TagOrDigest::Digest(d) => *d,
+            TagOrDigest::Tag(t) => match self.tags.get(&(name.to_string(), t.clone())) {
+                Some(d) => *d,
+                None => return Ok(None),
+            },
+        };
+        let Some(media_type) = self.media_types.get(&digest) else {
+            return Ok(None);
+        };
+        let bytes = self
+            .store
+            .read_small(&digest)
+            .await
+            .map_err(ProxyError::source)?;
+        Ok(Some(Manifest {
+            digest,
+            media_type: media_type.clone(),
+            bytes,
+            source: SourceKind::Local,
+        }))
+    }
+
+    async fn blob(
+        &self,
+        _name: &RepoName,
+        digest: &Digest,
+        _ns: Option<&str>,
+        range: Option<RangeSpec>,
+    ) -> Result<Option<Blob>, ProxyError> {
+        let Some(size) = self
+            .store
+            .blob_len(digest)
+            .await
+            .map_err(ProxyError::source)?
+        else {
+            return Ok(None);
+        };
+        let range = range
+            .map(|s| {
+                s.resolve(size)
+                    .ok_or(ProxyError::RangeInvalid { size: Some(size) })
+            })
+            .transpose()?;
+        let mut file = self
+            .store
+            .open_blob(digest)
+            .await
+            .map_err(ProxyError::source)?;
+        let (start, len) = range.map_or((0, size), |r| (r.start, r.len()));
+        file.seek(SeekFrom::Start(start))
+            .await
+            .map_err(ProxyError::source)?;
+        let body = ReaderStream::with_capacity(file.take(len), 64 * 1024);
+        Ok(Some(Blob {
+            size,
+            range,
+            body: Box::pin(body),
+            source: SourceKind::Local,
+        }))
+    }
+
+    async fn blob_size(
+        &self,
+        _name: &RepoName,
+        digest: &Digest,
+        _ns: Option<&str>,
+    ) -> Result<Option<BlobStat>, ProxyError> {
+        let size = self
+            .store
+            .blob_len(digest)
+            .await
+            .map_err(ProxyError::source)?;
+        Ok(size.map(|size| BlobStat {
+            size,
+            source: SourceKind::Local,
+        }))
+    }
+}
+
+/// Copies an image's manifest and blobs from the origin into the store.
+async fn copy_into_store(
+    origin: &Origin,
+    store: &Store,
+    img: &PushedImage,
+    src: &mut StoreSource,
+    tag: &str,
+) -> Result<()> {
+    store
+        .put_small(img.manifest_digest, &img.manifest_bytes)
+        .await?;
+    for (digest, size) in img.blobs() {
+        let path = format!("/v2/{}/blobs/{digest}", img.repository);
+        let bytes = origin
+            .request(reqwest::Method::GET, &path)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        ensure!(bytes.len() as u64 == size, "blob {digest} size");
+        let mut w = store.writer(digest, size).await?;
+        w.write(&bytes).await?;
+        w.finish().await?;
+    }
+    src.tags.insert(
+        (img.repository.clone(), tag.to_owned()),
+        img.manifest_digest,
+    );
+    src.media_types
+        .insert(img.manifest_digest, img.manifest_media_type.clone());
+    Ok(())
+}
+
+fn skopeo_copy(reference: &str, dest: &Path) -> Result<()> {
+    let out = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false", "--retry-times=0"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("dir:{}", dest.display()))
+        .output()
+        .context("running skopeo")?;
+    ensure!(
+        out.status.success(),
+        "skopeo copy {reference} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Every file of `a` equals the same file of `b`, and they hold the same names.
+fn assert_same_dir(a: &Path, b: &Path) -> Result<usize> {
+    let names = |d: &Path| -> Result<Vec<String>> {
+        let mut v: Vec<String> = std::fs::read_dir(d)?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_>>()?;
+        v.sort();
+        Ok(v)
+    };
+    let (na, nb) = (names(a)?, names(b)?);
+    ensure!(na == nb, "file names differ: {na:?} vs {nb:?}");
+    for n in &na {
+        let (fa, fb) = (std::fs::read(a.join(n))?, std::fs::read(b.join(n))?);
+        ensure!(fa == fb, "{n} differs");
+    }
+    Ok(na.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_from_mirror_equals_origin_and_ranges_work() -> Result<()> {
+    let origin = Origin::start().await?;
+    let tmp = tempfile::tempdir()?;
+    let store = Store::open(StoreConfig::new(tmp.path().join("store"))).await?;
+    let mut src = StoreSource {
+        store: store.clone(),
+        tags: HashMap::new(),
+        media_types: HashMap::new(),
+    };
+    let oci = ImageBuilder::new()
+        .layers(&[2 * 1024 * 1024 + 123, 700_000])
+        .seed(1)
+        .push(&origin, "test/deep/app:v1")
+        .await?;
+    let docker = ImageBuilder::new()
+        .layers(&[300_000])
+        .seed(2)
+        .format(ManifestFormat::Docker)
+        .push(&origin, "other:1.0")
+        .await?;
+    copy_into_store(&origin, &store, &oci, &mut src, "v1").await?;
+    copy_into_store(&origin, &store, &docker, &mut src, "1.0").await?;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mirror = listener.local_addr()?.to_string();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let mut registry = Registry::default();
+        let shutdown = async {
+            let _ = stop_rx.await;
+        };
+        serve(
+            listener,
+            Arc::new(src),
+            ProxyConfig::default(),
+            &mut registry,
+            shutdown,
+        )
+        .await
+    });
+
+    for (img, tag) in [(&oci, "v1"), (&docker, "1.0")] {
+        let via_mirror = tmp.path().join(format!("mirror-{tag}"));
+        let via_origin = tmp.path().join(format!("origin-{tag}"));
+        let repo = &img.repository;
+        let mirror_ref = format!("{mirror}/{repo}:{tag}");
+        let origin_ref = format!("{}/{repo}:{tag}", origin.host());
+        tokio::task::spawn_blocking({
+            let (m, o) = (via_mirror.clone(), via_origin.clone());
+            move || -> Result<()> {
+                skopeo_copy(&mirror_ref, &m)?;
+                skopeo_copy(&origin_ref, &o)
+            }
+        })
+        .await??;
+        let files = assert_same_dir(&via_mirror, &via_origin)?;
+        // manifest.json, version, config and each layer.
+        assert_eq!(files, 3 + img.layers.len(), "{tag}");
+        let manifest = std::fs::read(via_mirror.join("manifest.json"))?;
+        assert_eq!(manifest, img.manifest_bytes, "manifest not byte-exact");
+    }
+
+    // Range and HEAD over real HTTP (hyper keeps Content-Length on HEAD).
+    let client = reqwest::Client::new();
+    let (layer, size) = oci.layers[0];
+    let url = format!("http://{mirror}/v2/test/deep/app/blobs/{layer}?ns=docker.io");
+    let whole = std::fs::read(via_layer_file(tmp.path(), &layer))?;
+    let resp = client.head(&url).send().await?;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-length"], size.to_string().as_str());
+    assert_eq!(
+        resp.headers()["docker-content-digest"],
+        layer.to_string().as_str()
+    );
+    for (range, start, end) in [
+        ("bytes=1000-1999", 1000, 1999),
+        ("bytes=-77", size - 77, size - 1),
+        ("bytes=2000000-", 2_000_000, size - 1),
+    ] {
+        let resp = client.get(&url).header("range", range).send().await?;
+        assert_eq!(resp.status(), 206, "{range}");
+        assert_eq!(
+            resp.headers()["content-range"],
+            format!("bytes {start}-{end}/{size}").as_str()
+        );
+        let got = resp.bytes().await?;
+        let (s, e) = (usize::try_from(start)?, usize::try_from(end)?);
+        assert_eq!(&got[..], &whole[s..=e], "{range}");
+    }
+    let resp = client
+        .get(&url)
+        .header("range", format!("bytes={size}-"))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 416);
+    assert_eq!(
+        resp.headers()["content-range"],
+        format!("bytes */{size}").as_str()
+    );
+
+    stop_tx.send(()).ok();
+    server.await??;
+    Ok(())
+}
+
+/// skopeo's `dir:` layout names blobs by their hex digest.
+fn via_layer_file(tmp: &Path, d: &Digest) -> std::path::PathBuf {
+    tmp.join("origin-v1").join(d.hex())
+}
