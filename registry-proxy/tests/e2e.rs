@@ -3,155 +3,20 @@
 //! from the mirror must equal `skopeo copy` from the origin byte for byte; Range and HEAD checked
 //! over real HTTP.
 
-use std::collections::HashMap;
-use std::io::SeekFrom;
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
-use async_trait::async_trait;
+use common::{copy_into_store, StoreSource};
 use preheat_core::Digest;
 use preheat_store::{Store, StoreConfig};
-use preheat_testkit::image::{ImageBuilder, ManifestFormat, PushedImage};
+use preheat_testkit::image::{ImageBuilder, ManifestFormat};
 use preheat_testkit::registry::Registry as Origin;
 use prometheus_client::registry::Registry;
-use registry_proxy::{
-    serve, Blob, BlobStat, Manifest, ProxyConfig, ProxyError, RangeSpec, RepoName, Source,
-    SourceKind, TagOrDigest,
-};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
-
-/// A `Source` over a preheat-store: blobs and manifests by digest, tags from a map.
-struct StoreSource {
-    store: Store,
-    /// `(repository, tag)` → manifest digest.
-    tags: HashMap<(String, String), Digest>,
-    media_types: HashMap<Digest, String>,
-}
-
-#[async_trait]
-impl Source for StoreSource {
-    async fn manifest(
-        &self,
-        name: &RepoName,
-        reference: &TagOrDigest,
-        _ns: Option<&str>,
-    ) -> Result<Option<Manifest>, ProxyError> {
-        let digest = match reference {
-            TagOrDigest::Digest(d) => *d,
-            TagOrDigest::Tag(t) => match self.tags.get(&(name.to_string(), t.clone())) {
-                Some(d) => *d,
-                None => return Ok(None),
-            },
-        };
-        let Some(media_type) = self.media_types.get(&digest) else {
-            return Ok(None);
-        };
-        let bytes = self
-            .store
-            .read_small(&digest)
-            .await
-            .map_err(ProxyError::source)?;
-        Ok(Some(Manifest {
-            digest,
-            media_type: media_type.clone(),
-            bytes,
-            source: SourceKind::Local,
-        }))
-    }
-
-    async fn blob(
-        &self,
-        _name: &RepoName,
-        digest: &Digest,
-        _ns: Option<&str>,
-        range: Option<RangeSpec>,
-    ) -> Result<Option<Blob>, ProxyError> {
-        let Some(size) = self
-            .store
-            .blob_len(digest)
-            .await
-            .map_err(ProxyError::source)?
-        else {
-            return Ok(None);
-        };
-        let range = range
-            .map(|s| {
-                s.resolve(size)
-                    .ok_or(ProxyError::RangeInvalid { size: Some(size) })
-            })
-            .transpose()?;
-        let mut file = self
-            .store
-            .open_blob(digest)
-            .await
-            .map_err(ProxyError::source)?;
-        let (start, len) = range.map_or((0, size), |r| (r.start, r.len()));
-        file.seek(SeekFrom::Start(start))
-            .await
-            .map_err(ProxyError::source)?;
-        let body = ReaderStream::with_capacity(file.take(len), 64 * 1024);
-        Ok(Some(Blob {
-            size,
-            range,
-            body: Box::pin(body),
-            source: SourceKind::Local,
-        }))
-    }
-
-    async fn blob_size(
-        &self,
-        _name: &RepoName,
-        digest: &Digest,
-        _ns: Option<&str>,
-    ) -> Result<Option<BlobStat>, ProxyError> {
-        let size = self
-            .store
-            .blob_len(digest)
-            .await
-            .map_err(ProxyError::source)?;
-        Ok(size.map(|size| BlobStat {
-            size,
-            source: SourceKind::Local,
-        }))
-    }
-}
-
-/// Copies an image's manifest and blobs from the origin into the store.
-async fn copy_into_store(
-    origin: &Origin,
-    store: &Store,
-    img: &PushedImage,
-    src: &mut StoreSource,
-    tag: &str,
-) -> Result<()> {
-    store
-        .put_small(img.manifest_digest, &img.manifest_bytes)
-        .await?;
-    for (digest, size) in img.blobs() {
-        let path = format!("/v2/{}/blobs/{digest}", img.repository);
-        let bytes = origin
-            .request(reqwest::Method::GET, &path)
-            .send()
-            .await?
-            .error_for_status()?
-            .bytes()
-            .await?;
-        ensure!(bytes.len() as u64 == size, "blob {digest} size");
-        let mut w = store.writer(digest, size).await?;
-        w.write(&bytes).await?;
-        w.finish().await?;
-    }
-    src.tags.insert(
-        (img.repository.clone(), tag.to_owned()),
-        img.manifest_digest,
-    );
-    src.media_types
-        .insert(img.manifest_digest, img.manifest_media_type.clone());
-    Ok(())
-}
+use registry_proxy::{serve, ProxyConfig};
 
 fn skopeo_copy(reference: &str, dest: &Path) -> Result<()> {
     let out = Command::new("skopeo")
@@ -191,11 +56,7 @@ async fn skopeo_from_mirror_equals_origin_and_ranges_work() -> Result<()> {
     let origin = Origin::start().await?;
     let tmp = tempfile::tempdir()?;
     let store = Store::open(StoreConfig::new(tmp.path().join("store"))).await?;
-    let mut src = StoreSource {
-        store: store.clone(),
-        tags: HashMap::new(),
-        media_types: HashMap::new(),
-    };
+    let mut src = StoreSource::new(store.clone());
     let oci = ImageBuilder::new()
         .layers(&[2 * 1024 * 1024 + 123, 700_000])
         .seed(1)
