@@ -16,6 +16,7 @@
 //!   is held until the body is sent, and further requests get 429 instead of queueing.
 //! - Manifests are served byte-exact and only if they hash to their digest.
 
+pub mod conformance;
 mod error;
 mod memory;
 mod metrics;

@@ -59,7 +59,7 @@ async fn handle(State(st): State<AppState>, req: Request) -> Response {
     let (req, _body) = req.into_parts();
     let kind = kind_of(req.uri.path());
     let mut resp = match st.permits.clone().try_acquire_owned() {
-        Ok(permit) => match serve_request(&st, kind, &req).await {
+        Ok(permit) => match serve_request(&st, &req).await {
             Ok(resp) => resp.map(|body| Body::new(Guarded::new(body, permit))),
             Err(e) => reject(&st, kind, e),
         },
@@ -108,7 +108,7 @@ fn check_limits(cfg: &ProxyConfig, req: &Parts) -> Result<(), ProxyError> {
 }
 
 /// `Err` only for refusals before a source is asked; source outcomes are counted here.
-async fn serve_request(st: &AppState, kind: Kind, req: &Parts) -> Result<Response, ProxyError> {
+async fn serve_request(st: &AppState, req: &Parts) -> Result<Response, ProxyError> {
     check_limits(&st.cfg, req)?;
     let method = &req.method;
     if method != Method::GET && method != Method::HEAD {
@@ -122,7 +122,7 @@ async fn serve_request(st: &AppState, kind: Kind, req: &Parts) -> Result<Respons
     let ns = ns.as_deref();
     match path {
         V2Path::Base => {
-            st.metrics.request(kind, Outcome::Local);
+            // The version check is not a mirror hit: not counted, and not a "last success".
             let mut resp = (StatusCode::OK, "{}").into_response();
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
