@@ -23,13 +23,10 @@ mod metrics;
 mod name;
 mod range;
 mod router;
+mod server;
 mod source;
 
-use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
-
-use prometheus_client::registry::Registry;
 
 pub use error::{BoxError, ProxyError};
 pub use memory::MemorySource;
@@ -37,6 +34,7 @@ pub use metrics::Metrics;
 pub use name::{parse_v2_path, RepoName, TagOrDigest, V2Path, NAME_MAX_LEN};
 pub use range::{parse_range, ByteRange, RangeSpec, RangeSyntaxError};
 pub use router::{router, API_VERSION_HEADER, CONTENT_DIGEST_HEADER, MAX_URI_LEN};
+pub use server::serve;
 pub use source::{
     check_manifest, Blob, BlobBody, BlobStat, Chain, Manifest, Source, SourceKind,
     MANIFEST_MAX_BYTES,
@@ -56,6 +54,10 @@ pub struct ProxyConfig {
     pub max_headers: usize,
     /// Cap on the summed size of request header names and values.
     pub max_header_bytes: usize,
+    /// Open connections at most ([`serve`] only); more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time a connection may take to send a request head ([`serve`] only).
+    pub header_read_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -66,22 +68,8 @@ impl Default for ProxyConfig {
             never_resolve_tags: Vec::new(),
             max_headers: 64,
             max_header_bytes: 16 * 1024,
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
         }
     }
-}
-
-/// Serves the mirror on `listener` until `shutdown` completes (then finishes open responses).
-/// Registers the `mirror_*` metrics in `registry`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    source: Arc<dyn Source>,
-    cfg: ProxyConfig,
-    registry: &mut Registry,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let metrics = Metrics::new(registry);
-    let app = router(source, cfg, metrics);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
 }

@@ -157,3 +157,52 @@ async fn skopeo_from_mirror_equals_origin_and_ranges_work() -> Result<()> {
 fn via_layer_file(tmp: &Path, d: &Digest) -> std::path::PathBuf {
     tmp.join("origin-v1").join(d.hex())
 }
+
+/// A client that never finishes its request head is disconnected after the header read timeout
+/// (instead of holding a connection forever); a complete request on another connection works.
+#[tokio::test]
+async fn slow_request_head_is_cut_off_and_shutdown_returns() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let cfg = ProxyConfig {
+        header_read_timeout: std::time::Duration::from_millis(300),
+        ..ProxyConfig::default()
+    };
+    let server = tokio::spawn(async move {
+        let mut registry = Registry::default();
+        let src = Arc::new(registry_proxy::MemorySource::new());
+        serve(listener, src, cfg, &mut registry, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+
+    let mut slow = tokio::net::TcpStream::connect(addr).await?;
+    slow.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n").await?;
+    let mut fast = tokio::net::TcpStream::connect(addr).await?;
+    fast.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = String::new();
+    fast.read_to_string(&mut answer).await?;
+    ensure!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // The slow connection is closed by the server (EOF or reset), well before this bound.
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        slow.read_to_end(&mut buf),
+    )
+    .await
+    .context("slow connection still open")?;
+    ensure!(
+        closed.is_err() || !String::from_utf8_lossy(&buf).contains("200"),
+        "slow request was served"
+    );
+
+    stop_tx.send(()).ok();
+    server.await??;
+    Ok(())
+}
