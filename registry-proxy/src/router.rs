@@ -207,6 +207,7 @@ async fn manifest(
         );
     };
     st.metrics.request(Kind::Manifest, m.source.into());
+    tracing::debug!(%name, digest = %m.digest, source = m.source.as_str(), head, "mirror manifest hit");
     let len = m.bytes.len() as u64;
     let body = if head {
         Body::empty()
@@ -267,6 +268,7 @@ async fn blob(
         );
     }
     st.metrics.request(Kind::Blob, source.into());
+    tracing::debug!(%name, %digest, source = source.as_str(), size, ?range, "mirror blob hit");
     let counter = st.metrics.bytes_counter(source);
     let body = body.inspect_ok(move |b| {
         counter.inc_by(b.len() as u64);

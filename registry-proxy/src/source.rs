@@ -148,8 +148,16 @@ pub fn check_manifest(reference: &TagOrDigest, m: &Manifest) -> Result<(), Proxy
 /// [`ProxyError::RangeInvalid`] is an answer (the blob exists), not a failure.
 #[derive(Clone)]
 pub struct Chain {
-    links: Vec<(SourceKind, Arc<dyn Source>)>,
+    links: Vec<Link>,
     timeout: Duration,
+}
+
+#[derive(Clone)]
+struct Link {
+    kind: SourceKind,
+    source: Arc<dyn Source>,
+    /// Overrides the chain's timeout for this link.
+    timeout: Option<Duration>,
 }
 
 impl Chain {
@@ -161,9 +169,28 @@ impl Chain {
         }
     }
 
-    /// Appends a link.
+    /// Appends a link bounded by the chain's timeout.
     pub fn with(mut self, kind: SourceKind, source: Arc<dyn Source>) -> Self {
-        self.links.push((kind, source));
+        self.links.push(Link {
+            kind,
+            source,
+            timeout: None,
+        });
+        self
+    }
+
+    /// Appends a link with its own resolve timeout (e.g. short for the swarm, longer upstream).
+    pub fn with_timeout(
+        mut self,
+        kind: SourceKind,
+        source: Arc<dyn Source>,
+        timeout: Duration,
+    ) -> Self {
+        self.links.push(Link {
+            kind,
+            source,
+            timeout: Some(timeout),
+        });
         self
     }
 
@@ -179,8 +206,9 @@ impl Chain {
             SourceKind,
         ) -> futures::future::BoxFuture<'a, Result<Option<T>, ProxyError>>,
     {
-        for (kind, source) in &self.links {
-            match tokio::time::timeout(self.timeout, f(source.as_ref(), *kind)).await {
+        for link in &self.links {
+            let (kind, timeout) = (link.kind, link.timeout.unwrap_or(self.timeout));
+            match tokio::time::timeout(timeout, f(link.source.as_ref(), kind)).await {
                 Ok(Ok(Some(hit))) => return Ok(Some(hit)),
                 Ok(Ok(None)) => {}
                 Ok(Err(e @ ProxyError::RangeInvalid { .. })) => return Err(e),

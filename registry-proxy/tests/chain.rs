@@ -236,3 +236,18 @@ async fn lone_failing_source_is_502_unknown() {
     let resp = app.oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
 }
+
+#[tokio::test(start_paused = true)]
+async fn per_link_timeout_overrides_the_chain_timeout() {
+    let (mem, _, bd) = good();
+    let name = RepoName::parse("r").unwrap();
+    // The chain-wide timeout is longer than the test allows; the link's own short one applies.
+    let chain = Chain::new(Duration::from_secs(3600))
+        .with_timeout(SourceKind::Peer, Arc::new(Hang), Duration::from_millis(50))
+        .with(SourceKind::Upstream, mem);
+    let started = tokio::time::Instant::now();
+    let stat = chain.blob_size(&name, &bd, None).await.unwrap().unwrap();
+    assert_eq!(stat.source, SourceKind::Upstream);
+    // Virtual time: exactly the link timeout elapsed, not the chain's.
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
