@@ -12,6 +12,8 @@ declare -A PKGS=(
   [curl]=curl
   [skopeo]=skopeo
   [ip]=iproute2
+  [ping]=iputils-ping
+  [dnsmasq]=dnsmasq-base
 )
 
 missing=()

@@ -2,16 +2,18 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use image_preheat::pull::{pull_image, PullError};
+use image_preheat::pull::{pull_image_via, PullError};
 use image_preheat::registry::{RegistryClient, RegistryConfig, RetryPolicy};
+use image_preheat::swarm_pull::PeerSource;
 use preheat_core::manifest::Platform;
 use preheat_core::reference::Reference;
 use preheat_core::units;
 use preheat_store::{Store, StoreConfig};
 
+use crate::agent::{self, AgentArgs, ClientSwarmArgs, FetchBlobArgs};
 use crate::logging::LogFormat;
 use crate::progress::Progress;
 
@@ -44,6 +46,10 @@ pub enum Command {
     Pull(PullArgs),
     /// List the images in the local store.
     Images(ImagesArgs),
+    /// Run a swarm node that serves the local store to peers until SIGTERM or SIGINT.
+    Agent(AgentArgs),
+    /// Fetch one blob through the swarm into the local store (debugging aid), serve it a while, exit.
+    FetchBlob(FetchBlobArgs),
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +97,17 @@ pub struct PullArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// With --peer or --peers-dns, blobs are fetched through the swarm first and from the registry
+    /// only when no peer has them.
+    #[command(flatten)]
+    pub swarm: ClientSwarmArgs,
+    /// How long to look for a peer that has a blob before going to the registry (e.g. 10s).
+    #[arg(long, env = "SWARM_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub swarm_timeout: Duration,
+    /// Bound on downloading one blob from peers once one was found (e.g. 10m); then the registry
+    /// resumes from the chunks received.
+    #[arg(long, env = "PEER_FETCH_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub peer_fetch_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +123,10 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
     units::parse_bytes(s).map_err(|e| e.to_string())
 }
 
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    units::parse_duration(s).map_err(|e| e.to_string())
+}
+
 fn parse_chunk_size(s: &str) -> Result<u32, String> {
     use preheat_core::chunk::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
     let v = parse_bytes(s)?;
@@ -118,7 +139,7 @@ fn parse_chunk_size(s: &str) -> Result<u32, String> {
 }
 
 impl StoreArgs {
-    async fn open(&self) -> Result<Store, u8> {
+    pub(crate) async fn open(&self) -> Result<Store, u8> {
         let cfg = StoreConfig {
             dir: self.dir.clone(),
             max_bytes: self.store_max_bytes,
@@ -157,6 +178,8 @@ pub async fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Pull(args) => pull(args).await,
         Command::Images(args) => images(args).await,
+        Command::Agent(args) => agent::agent(args).await,
+        Command::FetchBlob(args) => agent::fetch_blob(args).await,
     }
 }
 
@@ -179,13 +202,29 @@ async fn pull(args: PullArgs) -> u8 {
         Ok(s) => s,
         Err(code) => return code,
     };
+    let peers = if args.swarm.peers.any() {
+        let cfg = args.swarm.peers.swarm_config(args.swarm.swarm_addr);
+        match agent::start_node("pull", &args.store, store.clone(), cfg).await {
+            Ok(h) => Some(PeerSource::new(
+                h,
+                args.swarm_timeout,
+                args.peer_fetch_timeout,
+            )),
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
     let progress = Arc::new(Progress::new(&reference.to_string()));
     let started = Instant::now();
     let result = tokio::select! {
-        r = pull_image(&client, &store, &reference, progress.as_ref()) => r,
+        r = pull_image_via(&client, &store, &reference, progress.as_ref(), peers.as_ref()) => r,
         _ = tokio::signal::ctrl_c() => Err(PullError::Interrupted),
     };
     progress.finish();
+    if let Some(p) = &peers {
+        agent::stop_node(p.handle()).await;
+    }
     match result {
         Ok(report) => {
             tracing::info!(
@@ -194,11 +233,17 @@ async fn pull(args: PullArgs) -> u8 {
                 total_bytes = report.total_bytes,
                 registry_bytes = report.fetched_bytes,
                 present_bytes = report.present_bytes,
+                peer_bytes = report.peer_bytes,
                 seconds = started.elapsed().as_secs_f64(),
                 "image pulled"
             );
+            let from_peers = if peers.is_some() {
+                format!("{} from peers, ", units::format_bytes(report.peer_bytes))
+            } else {
+                String::new()
+            };
             println!(
-                "pulled {} {} ({}, {} from the registry, {} already stored) in {:.1}s",
+                "pulled {} {} ({}, {from_peers}{} from the registry, {} already stored) in {:.1}s",
                 report.reference,
                 report.manifest,
                 units::format_bytes(report.total_bytes),

@@ -1,4 +1,6 @@
-//! image-preheat node library: the registry client and the image puller used by the binary.
+//! image-preheat node library: the registry client, the image puller and its swarm-first blob
+//! source, used by the binary.
 
 pub mod pull;
 pub mod registry;
+pub mod swarm_pull;

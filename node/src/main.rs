@@ -1,5 +1,6 @@
 //! `image-preheat`: the node agent and command-line tool.
 
+mod agent;
 mod cli;
 mod logging;
 mod progress;

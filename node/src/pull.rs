@@ -5,6 +5,9 @@
 //!     writer(d) ─► resume_offset ─► blob_stream(offset) ─► write … ─► finish (sha256) ─► put_image
 //! ```
 //!
+//! With a [`PeerSource`] each missing blob is tried in the swarm first (see `swarm_pull`); the
+//! registry gets only the blobs no peer has, resuming from the chunks peers delivered.
+//!
 //! Invariants: a blob becomes visible only after `finish` verified its sha256; a broken stream is retried
 //! from the store's verified prefix, so finished chunks are never fetched again; the image is recorded and
 //! wanted before its blobs arrive, so eviction cannot take an early layer to make room for a later one.
@@ -19,6 +22,7 @@ use preheat_core::Digest;
 use preheat_store::{BlobWriter, ImageRecord, Store, StoreError};
 
 use crate::registry::{RegistryClient, RegistryError};
+use crate::swarm_pull::{PeerFetch, PeerSource};
 
 /// Blobs of one image fetched at the same time.
 pub const PARALLEL_BLOBS: usize = 3;
@@ -55,6 +59,8 @@ pub struct PullReport {
     pub total_bytes: u64,
     /// Bytes received from the registry for blobs (more than needed when a stream broke mid-chunk).
     pub fetched_bytes: u64,
+    /// Verified blob bytes received from swarm peers.
+    pub peer_bytes: u64,
     /// Blob bytes that were already stored (complete blobs and resumed prefixes).
     pub present_bytes: u64,
     pub duration: Duration,
@@ -116,7 +122,9 @@ struct Ctx<'a> {
     store: &'a Store,
     reference: &'a Reference,
     progress: &'a dyn PullProgress,
+    peers: Option<&'a PeerSource>,
     fetched: AtomicU64,
+    peer_bytes: AtomicU64,
 }
 
 /// Resolves `reference`, stores its manifests byte-exact and fetches every missing blob.
@@ -125,6 +133,17 @@ pub async fn pull_image(
     store: &Store,
     reference: &Reference,
     progress: &dyn PullProgress,
+) -> Result<PullReport, PullError> {
+    pull_image_via(client, store, reference, progress, None).await
+}
+
+/// [`pull_image`], trying `peers` (when given) for each missing blob before the registry.
+pub async fn pull_image_via(
+    client: &RegistryClient,
+    store: &Store,
+    reference: &Reference,
+    progress: &dyn PullProgress,
+    peers: Option<&PeerSource>,
 ) -> Result<PullReport, PullError> {
     let started = Instant::now();
     let resolved = client.resolve(reference).await?;
@@ -159,7 +178,9 @@ pub async fn pull_image(
         store,
         reference,
         progress,
+        peers,
         fetched: AtomicU64::new(0),
+        peer_bytes: AtomicU64::new(0),
     };
     let mut seen = HashSet::new();
     let mut present = 0u64;
@@ -211,6 +232,7 @@ pub async fn pull_image(
         manifest: resolved.manifest.digest,
         total_bytes: total,
         fetched_bytes: ctx.fetched.load(Ordering::Relaxed),
+        peer_bytes: ctx.peer_bytes.load(Ordering::Relaxed),
         present_bytes: present,
         duration: started.elapsed(),
     })
@@ -223,16 +245,40 @@ enum Stop {
     Fatal(PullError),
 }
 
-/// Fetches one blob to completion, resuming after broken streams.
+/// Fetches one blob to completion: from peers when they have it, else from the registry,
+/// resuming after broken streams.
 async fn fetch_blob(
     ctx: &Ctx<'_>,
     digest: Digest,
     size: u64,
     mut writer: BlobWriter,
 ) -> Result<(), PullError> {
+    let mut reported = writer.verified_offset();
+    if let Some(peers) = ctx.peers {
+        // The swarm opens its own writer for the blob.
+        drop(writer);
+        match peers
+            .fetch(ctx.store, digest, size, reported, ctx.progress)
+            .await
+        {
+            PeerFetch::Done { bytes } => {
+                ctx.peer_bytes.fetch_add(bytes, Ordering::Relaxed);
+                ctx.progress.blob_done(&digest);
+                return Ok(());
+            }
+            PeerFetch::Fallback { reported: r } => reported = r,
+        }
+        writer = match open_writer(ctx.store, digest, size).await? {
+            Some(w) => w,
+            None => {
+                ctx.progress.blob_done(&digest);
+                return Ok(());
+            }
+        };
+        reported = reported.max(writer.verified_offset());
+    }
     let policy = ctx.client.config().retry;
     let mut failures = 0u32;
-    let mut reported = writer.verified_offset();
     loop {
         let offset = writer.resume_offset();
         if offset >= size {

@@ -1,0 +1,379 @@
+//! The swarm commands: `agent` (a node serving its store until SIGTERM/SIGINT) and `fetch-blob`
+//! (fetch one blob through the swarm, serve it a while, exit), plus the swarm flags `pull` shares.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use preheat_core::{units, Digest};
+use preheat_store::Store;
+use preheat_swarm::{parse_peer, to_multiaddr, Multiaddr, Swarm, SwarmConfig, SwarmHandle};
+use prometheus_client::registry::Registry;
+
+use crate::cli::{StoreArgs, EXIT_RUNTIME};
+
+/// Swarm port assumed for `--peers-dns` when this node listens on port 0.
+pub const DEFAULT_SWARM_PORT: u16 = 4001;
+/// Bound on a graceful swarm shutdown.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// How a node finds and treats peers (shared by `agent`, `pull` and `fetch-blob`).
+#[derive(Debug, Args)]
+pub struct PeerArgs {
+    /// A peer to dial: IP:PORT, HOST:PORT or a multiaddr (/ip4/10.0.0.5/tcp/4001); repeatable,
+    /// comma-separated in the env variable.
+    #[arg(long = "peer", env = "PEERS", value_delimiter = ',', value_parser = parse_peer_arg)]
+    pub peers: Vec<Multiaddr>,
+    /// DNS name whose every A/AAAA record is a peer (the headless Service), NAME or NAME:PORT;
+    /// the port defaults to this node's swarm port (4001 when that is 0).
+    #[arg(long, env = "PEERS_DNS", value_parser = parse_dns_name)]
+    pub peers_dns: Option<DnsName>,
+    /// How often PEERS_DNS is resolved again and lost peers are re-dialled (e.g. 30s).
+    #[arg(long, env = "PEER_DISCOVERY_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub peer_discovery_interval: Duration,
+    /// This node's IP as other nodes reach it (the pod IP), advertised to peers.
+    #[arg(long, env = "POD_IP")]
+    pub external_addr: Option<IpAddr>,
+    /// Node-wide byte rate of chunk uploads to peers, per second (e.g. 500MiB); 0 = unlimited.
+    #[arg(long, env = "UPLOAD_RATE_LIMIT", default_value = "500MiB", value_parser = parse_rate)]
+    pub upload_rate_limit: u64,
+    /// Node-wide byte rate of chunk downloads from peers, per second (e.g. 500MiB); 0 = unlimited.
+    #[arg(long, env = "DOWNLOAD_RATE_LIMIT", default_value = "500MiB", value_parser = parse_rate)]
+    pub download_rate_limit: u64,
+    /// Chunk uploads served at once; further requests are answered "busy" (the peer goes elsewhere).
+    #[arg(long, env = "MAX_UPLOADS", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub max_uploads: u16,
+}
+
+/// A `--peers-dns` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsName {
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl PeerArgs {
+    /// Whether any peer source was given (else `pull` does not start a swarm node).
+    pub fn any(&self) -> bool {
+        !self.peers.is_empty() || self.peers_dns.is_some()
+    }
+
+    /// The swarm configuration for a node listening on `listen`.
+    pub fn swarm_config(&self, listen: SocketAddr) -> SwarmConfig {
+        let port = listen.port();
+        let external = match self.external_addr {
+            Some(ip) if port != 0 => vec![to_multiaddr(SocketAddr::new(ip, port))],
+            _ => Vec::new(),
+        };
+        let peer_port = if port == 0 { DEFAULT_SWARM_PORT } else { port };
+        SwarmConfig {
+            listen: vec![to_multiaddr(listen)],
+            external,
+            peers: self.peers.clone(),
+            peers_dns: self
+                .peers_dns
+                .as_ref()
+                .map(|d| (d.host.clone(), d.port.unwrap_or(peer_port))),
+            discovery_interval: self.peer_discovery_interval,
+            upload_rate: (self.upload_rate_limit > 0).then_some(self.upload_rate_limit),
+            download_rate: (self.download_rate_limit > 0).then_some(self.download_rate_limit),
+            max_uploads: usize::from(self.max_uploads),
+            ..SwarmConfig::default()
+        }
+    }
+}
+
+/// Logs the effective swarm configuration once.
+fn log_config(command: &'static str, store: &StoreArgs, cfg: &SwarmConfig) {
+    let peers: Vec<String> = cfg.peers.iter().map(ToString::to_string).collect();
+    let external: Vec<String> = cfg.external.iter().map(ToString::to_string).collect();
+    let listen: Vec<String> = cfg.listen.iter().map(ToString::to_string).collect();
+    tracing::info!(
+        command,
+        store = %store.dir.display(),
+        store_max_bytes = store.store_max_bytes,
+        chunk_size = store.chunk_size,
+        ?listen,
+        ?external,
+        ?peers,
+        peers_dns = ?cfg.peers_dns,
+        discovery_interval = ?cfg.discovery_interval,
+        upload_rate = ?cfg.upload_rate,
+        download_rate = ?cfg.download_rate,
+        max_uploads = cfg.max_uploads,
+        "effective configuration"
+    );
+}
+
+/// Starts a swarm node serving `store` (opened from `args`).
+pub async fn start_node(
+    command: &'static str,
+    args: &StoreArgs,
+    store: Store,
+    cfg: SwarmConfig,
+) -> Result<SwarmHandle, u8> {
+    log_config(command, args, &cfg);
+    // The agent's HTTP API (a later issue) will expose this registry.
+    let mut registry = Registry::default();
+    match Swarm::spawn(cfg, store, &mut registry).await {
+        Ok(h) => Ok(h),
+        Err(e) => {
+            eprintln!("error: cannot start the swarm node: {}", error_chain(&e));
+            Err(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// Shuts the node down, bounded by [`SHUTDOWN_WAIT`].
+pub async fn stop_node(handle: &SwarmHandle) {
+    if tokio::time::timeout(SHUTDOWN_WAIT, handle.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("swarm shutdown timed out");
+    }
+}
+
+/// `error: a: b: c` text of an error and its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Address the swarm listens on.
+    #[arg(long, env = "SWARM_ADDR", default_value = "0.0.0.0:4001")]
+    pub swarm_addr: SocketAddr,
+    #[command(flatten)]
+    pub peers: PeerArgs,
+}
+
+/// Runs a swarm node serving the store until SIGTERM or SIGINT.
+pub async fn agent(args: AgentArgs) -> u8 {
+    let cfg = args.peers.swarm_config(args.swarm_addr);
+    let store = match args.store.open().await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let handle = match start_node("agent", &args.store, store, cfg).await {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
+    let addrs = handle.listen_addrs().await.unwrap_or_default();
+    let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    tracing::info!(peer_id = %handle.local_peer_id(), ?addrs, "agent started");
+    let signal = match shutdown_signal().await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            stop_node(&handle).await;
+            return EXIT_RUNTIME;
+        }
+    };
+    tracing::info!(signal, "agent stopping");
+    stop_node(&handle).await;
+    tracing::info!(
+        bytes_sent = handle.bytes_sent(),
+        bytes_received = handle.bytes_received(),
+        "agent stopped"
+    );
+    0
+}
+
+/// Waits for SIGTERM or SIGINT and names it.
+async fn shutdown_signal() -> std::io::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Swarm flags of the commands that run a short-lived node (`pull`, `fetch-blob`).
+#[derive(Debug, Args)]
+pub struct ClientSwarmArgs {
+    /// Address the command's own swarm node listens on while it runs (port 0: any free port). Not
+    /// SWARM_ADDR, so a pull next to a running agent does not take the agent's port.
+    #[arg(long, env = "CLIENT_SWARM_ADDR", default_value = "0.0.0.0:0")]
+    pub swarm_addr: SocketAddr,
+    #[command(flatten)]
+    pub peers: PeerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchBlobArgs {
+    /// Digest of the blob, sha256:<64 hex>.
+    pub digest: Digest,
+    /// Size of the blob in bytes (from the manifest that names it).
+    #[arg(long, value_parser = parse_bytes)]
+    pub size: u64,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub swarm: ClientSwarmArgs,
+    /// Give up when the blob is not complete after this long (e.g. 2m).
+    #[arg(long, env = "FETCH_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Keep serving the blob to peers this long after it completed (e.g. 10s; 0s to exit at once).
+    #[arg(long, env = "FETCH_LINGER", default_value = "10s", value_parser = parse_duration)]
+    pub linger: Duration,
+}
+
+/// Fetches one blob through the swarm, serves it for `--linger`, exits.
+pub async fn fetch_blob(args: FetchBlobArgs) -> u8 {
+    let cfg = args.swarm.peers.swarm_config(args.swarm.swarm_addr);
+    let store = match args.store.open().await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let handle = match start_node("fetch-blob", &args.store, store, cfg).await {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
+    let started = Instant::now();
+    let deadline = started + args.timeout;
+    let result = tokio::select! {
+        r = handle.fetch_blob(args.digest, args.size, deadline) => r.map_err(|e| error_chain(&e)),
+        s = shutdown_signal() => Err(match s {
+            Ok(sig) => format!("interrupted by {sig}"),
+            Err(e) => format!("cannot install signal handlers: {e}"),
+        }),
+    };
+    let code = match result {
+        Ok(r) => {
+            let how = if r.already_local {
+                "already stored".to_owned()
+            } else {
+                format!(
+                    "{} from {} peers",
+                    units::format_bytes(r.bytes_from_peers),
+                    r.peers_used
+                )
+            };
+            println!(
+                "fetched {} ({}, {how}) in {:.1}s",
+                r.digest,
+                units::format_bytes(r.size),
+                started.elapsed().as_secs_f64()
+            );
+            tracing::info!(digest = %r.digest, bytes_from_peers = r.bytes_from_peers, peers = r.peers_used,
+                bad_chunks = r.bad_chunks, seconds = started.elapsed().as_secs_f64(), "blob fetched");
+            if !args.linger.is_zero() {
+                tracing::info!(linger = ?args.linger, "serving peers before exit");
+                tokio::select! {
+                    _ = tokio::time::sleep(args.linger) => {}
+                    _ = shutdown_signal() => {}
+                }
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("error: fetching {} from peers failed: {e}", args.digest);
+            EXIT_RUNTIME
+        }
+    };
+    tracing::info!(bytes_sent = handle.bytes_sent(), "fetch-blob stopping");
+    stop_node(&handle).await;
+    code
+}
+
+fn parse_peer_arg(s: &str) -> Result<Multiaddr, String> {
+    parse_peer(s.trim()).ok_or_else(|| {
+        format!("{s:?} is not a peer address (IP:PORT, HOST:PORT or a multiaddr like /ip4/10.0.0.5/tcp/4001)")
+    })
+}
+
+fn parse_dns_name(s: &str) -> Result<DnsName, String> {
+    let s = s.trim();
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            Some(
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("{p:?} is not a port"))?,
+            ),
+        ),
+        None => (s, None),
+    };
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !valid {
+        return Err(format!("{host:?} is not a DNS name"));
+    }
+    Ok(DnsName {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    units::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    units::parse_rate(s).map_err(|e| e.to_string())
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    units::parse_bytes(s).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn dns_names_take_an_optional_port() {
+        assert_eq!(
+            parse_dns_name("image-preheat.ns.svc.cluster.local").unwrap(),
+            DnsName {
+                host: "image-preheat.ns.svc.cluster.local".into(),
+                port: None
+            }
+        );
+        assert_eq!(parse_dns_name("peers:4002").unwrap().port, Some(4002));
+        assert!(parse_dns_name("peers:0").is_err());
+        assert!(parse_dns_name("peers:x").is_err());
+        assert!(parse_dns_name("").is_err());
+        assert!(parse_dns_name("a b").is_err());
+    }
+
+    #[test]
+    fn dns_peers_use_the_swarm_port_or_the_default() {
+        let args = PeerArgs {
+            peers: vec![],
+            peers_dns: Some(parse_dns_name("svc").unwrap()),
+            peer_discovery_interval: Duration::from_secs(30),
+            external_addr: Some("10.1.2.3".parse().unwrap()),
+            upload_rate_limit: 0,
+            download_rate_limit: 1024,
+            max_uploads: 8,
+        };
+        let cfg = args.swarm_config("0.0.0.0:4100".parse().unwrap());
+        assert_eq!(cfg.peers_dns, Some(("svc".to_owned(), 4100)));
+        assert_eq!(cfg.external[0].to_string(), "/ip4/10.1.2.3/tcp/4100");
+        assert_eq!(cfg.upload_rate, None);
+        assert_eq!(cfg.download_rate, Some(1024));
+        let cfg = args.swarm_config("0.0.0.0:0".parse().unwrap());
+        assert_eq!(cfg.peers_dns, Some(("svc".to_owned(), DEFAULT_SWARM_PORT)));
+        assert!(cfg.external.is_empty(), "port 0 cannot be advertised");
+    }
+}
