@@ -206,3 +206,125 @@ async fn slow_request_head_is_cut_off_and_shutdown_returns() -> Result<()> {
     server.await??;
     Ok(())
 }
+
+/// A 1 TiB blob generated on the fly, counting the bytes the mirror pulled from it.
+struct Endless {
+    pulled: Arc<std::sync::atomic::AtomicU64>,
+}
+
+const TIB: u64 = 1 << 40;
+
+#[async_trait::async_trait]
+impl registry_proxy::Source for Endless {
+    async fn manifest(
+        &self,
+        _: &registry_proxy::RepoName,
+        _: &registry_proxy::TagOrDigest,
+        _: Option<&str>,
+    ) -> Result<Option<registry_proxy::Manifest>, registry_proxy::ProxyError> {
+        Ok(None)
+    }
+    async fn blob(
+        &self,
+        _: &registry_proxy::RepoName,
+        _: &Digest,
+        _: Option<&str>,
+        _: Option<registry_proxy::RangeSpec>,
+    ) -> Result<Option<registry_proxy::Blob>, registry_proxy::ProxyError> {
+        static PIECE: [u8; 65536] = [0; 65536];
+        let pulled = self.pulled.clone();
+        let body = futures::stream::repeat_with(move || {
+            pulled.fetch_add(PIECE.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(bytes::Bytes::from_static(&PIECE))
+        });
+        Ok(Some(registry_proxy::Blob {
+            size: TIB,
+            range: None,
+            body: Box::pin(body),
+            source: registry_proxy::SourceKind::Peer,
+        }))
+    }
+    async fn blob_size(
+        &self,
+        _: &registry_proxy::RepoName,
+        _: &Digest,
+        _: Option<&str>,
+    ) -> Result<Option<registry_proxy::BlobStat>, registry_proxy::ProxyError> {
+        Ok(None)
+    }
+}
+
+/// A client that stops reading holds the server to a bounded amount of pulled data (backpressure,
+/// no buffering of the blob); when it goes away, its concurrency permit is released.
+#[tokio::test]
+async fn huge_blob_is_streamed_with_backpressure() -> Result<()> {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    preheat_testkit::install_crypto_provider();
+    let pulled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let cfg = ProxyConfig {
+        max_concurrent: 1,
+        ..ProxyConfig::default()
+    };
+    let src = Arc::new(Endless {
+        pulled: pulled.clone(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let mut registry = Registry::default();
+        serve(listener, src, cfg, &mut registry, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    let path = format!("/v2/big/blobs/{}", Digest::of(b"big"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+
+    let mut slow = tokio::net::TcpStream::connect(addr).await?;
+    slow.write_all(request.as_bytes()).await?;
+    let mut buf = vec![0u8; 1 << 20];
+    slow.read_exact(&mut buf).await?;
+    let head = String::from_utf8_lossy(&buf[..200]).into_owned();
+    ensure!(head.contains(&format!("content-length: {TIB}")), "{head}");
+
+    // Wait until the server stops pulling (it is blocked on the full socket), then check the bound.
+    let mut last = u64::MAX;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = pulled.load(Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let bound = 64 << 20;
+    ensure!(
+        last < bound,
+        "pulled {last} bytes for a client that read 1 MiB"
+    );
+
+    // The only permit is held by the stalled response; once the client leaves, it is released.
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}{path}");
+    ensure!(
+        client.head(&url).send().await?.status() == 429,
+        "cap not held"
+    );
+    drop(slow);
+    let mut status = 0;
+    for _ in 0..100 {
+        status = client.head(&url).send().await?.status().as_u16();
+        if status != 429 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    ensure!(status == 404, "permit not released: {status}");
+
+    stop_tx.send(()).ok();
+    server.await??;
+    Ok(())
+}
