@@ -2,7 +2,8 @@
 //! `hosts.toml` mirrors (and Docker's `registry-mirrors` for Docker Hub).
 //!
 //! ```text
-//!  containerd ──GET /v2/<name>/{manifests,blobs}/<ref>?ns=<registry>──► router
+//!  containerd ──GET /v2/<name>/{manifests,blobs}/<ref>?ns=<registry>──► serve (connection cap,
+//!                                               header read timeout) ──► router
 //!     router: concurrency permit (else 429) ─► size limits ─► method (else 405) ─► parse path
 //!          ─► Source (the node composes a Chain: local store → swarm → upstream, each with a
 //!             resolve timeout) ─► headers + streamed body, or 404 so containerd goes upstream
@@ -15,6 +16,7 @@
 //! - Memory per request is bounded: bodies are streams pulled by the client; a concurrency permit
 //!   is held until the body is sent, and further requests get 429 instead of queueing.
 //! - Manifests are served byte-exact and only if they hash to their digest.
+//! - Implementations of [`Source`] are checked by [`conformance::check_source`].
 
 pub mod conformance;
 mod error;
