@@ -12,6 +12,7 @@
 pub mod bitfield;
 pub mod chunk;
 pub mod digest;
+pub mod election;
 pub mod manifest;
 pub mod picker;
 pub mod reference;

@@ -25,6 +25,7 @@
 pub mod accesslog;
 pub mod dnsmasq;
 pub mod image;
+pub mod kube_api;
 pub mod netns;
 pub mod proxy;
 pub mod push;

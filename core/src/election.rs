@@ -1,0 +1,658 @@
+//! Who pulls an image from the registry: the per-image election over a Kubernetes Lease, as a pure
+//! state machine, plus the coordination-free rule used without (or when losing) the API server.
+//!
+//! ```text
+//!  poll(now, view, rng) ──► [Get | Create | Renew | TakeOver | Release | PullFromRegistry | FeedFromSwarm
+//!        ▲                   | FallbackCoordinationFree | Wait{until}]
+//!        └── on_get(now, Observed) / on_write(now, Written) / complete() ◄── the adapter's API results
+//! ```
+//!
+//! Invariants: only the top `k` live members of the rendezvous ranking of the image (plus nodes that
+//! saw no provider within `provider_wait`) ever ask for an API call, so API load per image does not
+//! grow with the cluster; at most one API call is outstanding; every write carries the
+//! resourceVersion it was based on (optimistic concurrency: a 409 means another node won);
+//! `PullFromRegistry`/`FeedFromSwarm` are emitted only when the role changes; retries are jittered.
+//! Times are the caller's monotonic clock; the adapter maps the Lease's wall-clock `renewTime` onto it.
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use crate::rendezvous;
+use crate::Digest;
+
+#[cfg(test)]
+mod tests;
+
+/// Prefix of every Lease name.
+pub const LEASE_NAME_PREFIX: &str = "image-preheat-";
+/// Hex characters of the digest kept in a Lease name: 48 (192 bits), so the name is 62 characters.
+pub const LEASE_NAME_HEX: usize = 48;
+/// Hex characters of the digest kept in the `image-preheat.io/digest` label (label values ≤ 63).
+pub const DIGEST_LABEL_HEX: usize = 63;
+
+/// The Lease name for an image: `image-preheat-` + the first 48 hex characters of its manifest digest.
+///
+/// A valid DNS-1123 label (lowercase alphanumerics and `-`, starts and ends alphanumeric, 62 ≤ 63
+/// characters), a pure function of the digest, and injective on the kept 192 bits: digests that
+/// differ anywhere in their first 48 hex characters never share a name. The full 64 hex characters
+/// do not fit in 63. Why truncation is safe: SHA-256 output bits are uniform, so among n distinct
+/// images two share a name with probability about n²/2¹⁹³ (10⁻³⁹ for a million images); finding
+/// such a pair on purpose costs about 2⁹⁶ hashes. And a collision only makes two images share one
+/// puller's Lease (the other image waits for its provider deadline), never serves wrong bytes: every
+/// blob is verified against its own digest.
+pub fn lease_name(manifest: &Digest) -> String {
+    let hex = manifest.hex();
+    format!("{LEASE_NAME_PREFIX}{}", &hex[..LEASE_NAME_HEX])
+}
+
+/// The value of the `image-preheat.io/digest` label: the first 63 hex characters of the digest.
+pub fn digest_label(manifest: &Digest) -> String {
+    let hex = manifest.hex();
+    hex[..DIGEST_LABEL_HEX].to_string()
+}
+
+/// The members that contend for the image's Lease: the top `k` of the rendezvous ranking of the
+/// image digest (as `sha256:…` text) over the live members.
+pub fn contenders<'a, M: AsRef<[u8]>>(manifest: &Digest, live: &'a [M], k: usize) -> Vec<&'a M> {
+    rendezvous::top_k(manifest.to_string().as_bytes(), live, k)
+}
+
+/// Whether a Lease is used at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElectionMode {
+    /// `LEASE=kube`: a `coordination.k8s.io/v1` Lease decides; coordination-free while it fails.
+    Kube,
+    /// `LEASE=none`: the top-ranked live member pulls; the next one if it disappears.
+    CoordinationFree,
+}
+
+/// Tunables of one election; `Default` gives the deployment defaults.
+#[derive(Debug, Clone)]
+pub struct ElectionConfig {
+    pub mode: ElectionMode,
+    /// `leaseDurationSeconds` we write (`K8S_LOCK_TIMEOUT`); the holder renews every third of it.
+    pub lease_duration: Duration,
+    /// How many top-ranked members contend for the Lease.
+    pub contenders: usize,
+    /// How long a non-contender waits for a provider in the swarm before it contends itself.
+    pub provider_wait: Duration,
+    /// Extra margin before a Lease counts as expired (clock skew between nodes).
+    pub clock_skew: Duration,
+    /// Delay of the first API call per rank (rank r waits r × this), so the top-ranked usually
+    /// creates the Lease and the others find it instead of racing into a 409.
+    pub stagger: Duration,
+    /// First retry delay after an API error; doubles per failure up to `retry_max`; jittered.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for ElectionConfig {
+    fn default() -> Self {
+        Self {
+            mode: ElectionMode::Kube,
+            lease_duration: Duration::from_secs(300),
+            contenders: 3,
+            provider_wait: Duration::from_secs(10),
+            clock_skew: Duration::from_secs(2),
+            stagger: Duration::from_millis(500),
+            retry_min: Duration::from_millis(500),
+            retry_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The Lease as read from (or written to) the API server, with times on the caller's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub holder: Option<String>,
+    pub renew_time: Option<Instant>,
+    /// `leaseDurationSeconds`; `None` means the reader's configured duration.
+    pub duration: Option<Duration>,
+    pub resource_version: String,
+}
+
+impl LeaseRecord {
+    /// When the Lease stops protecting its holder; `None` if it has no holder or renew time.
+    pub fn expires_at(&self, cfg: &ElectionConfig) -> Option<Instant> {
+        self.holder.as_ref()?;
+        let d = self.duration.unwrap_or(cfg.lease_duration);
+        Some(self.renew_time? + d + cfg.clock_skew)
+    }
+}
+
+/// Result of an [`Action::Get`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    Lease(LeaseRecord),
+    Absent,
+    ApiError,
+}
+
+/// Result of a write ([`Action::Create`], `Renew`, `TakeOver`, `Release`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    Ok(LeaseRecord),
+    /// 409: the Lease exists (create) or its resourceVersion moved on (replace, delete).
+    Conflict,
+    /// 404: the Lease is gone.
+    NotFound,
+    ApiError,
+}
+
+/// What the adapter must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Read the Lease; answer with [`Election::on_get`].
+    Get,
+    /// Create the Lease held by us; answer with [`Election::on_write`].
+    Create,
+    /// Replace our Lease with a fresh renew time, based on this resourceVersion.
+    Renew { resource_version: String },
+    /// Replace an expired Lease, taking it over, based on this resourceVersion.
+    TakeOver { resource_version: String },
+    /// Delete our Lease with this resourceVersion as precondition (the image is complete).
+    Release { resource_version: String },
+    /// Replace our Lease with one without holder (we stop before the image is complete), so a
+    /// contender takes over at once instead of after expiry.
+    Yield { resource_version: String },
+    /// Start (or keep) pulling the image from the registry and serving it to the swarm.
+    PullFromRegistry,
+    /// Stop pulling from the registry; fetch the image from the swarm.
+    FeedFromSwarm,
+    /// The API server failed: the coordination-free rule decides until it answers again.
+    FallbackCoordinationFree,
+    /// Nothing to do before `until` unless the view changes or a result arrives.
+    Wait { until: Instant },
+}
+
+/// What the swarm says about the image right now.
+#[derive(Debug)]
+pub struct View<'a, M> {
+    /// Live members (this node may or may not be listed).
+    pub members: &'a [M],
+    /// Whether some member provides (part of) the image.
+    pub providers: bool,
+}
+
+// Manual impls: a derive would require `M: Copy`.
+impl<M> Clone for View<'_, M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M> Copy for View<'_, M> {}
+
+/// The role this node plays for the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Undecided,
+    Pull,
+    Follow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Get,
+    Create,
+    TakeOver,
+    Renew,
+    Release,
+    Yield,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Not a contender: wait for a provider until the deadline.
+    AwaitProviders {
+        deadline: Instant,
+    },
+    /// Not contending: a provider serves the image (or the holder released a complete image).
+    SwarmFollow,
+    /// Contending: make `call` at `at` (`TakeOver`/`Create` use `known`).
+    Contend {
+        at: Instant,
+        call: Call,
+    },
+    Holding {
+        renew_at: Instant,
+        expires: Instant,
+    },
+    Following {
+        check_at: Instant,
+    },
+    Fallback {
+        retry_at: Instant,
+    },
+    CoordinationFree,
+    Done,
+}
+
+/// The election for one image on one node.
+#[derive(Debug)]
+pub struct Election<M> {
+    image: Digest,
+    me: M,
+    holder_identity: String,
+    cfg: ElectionConfig,
+    phase: Phase,
+    role: Role,
+    pending: Option<Call>,
+    /// The last Lease we read or wrote.
+    known: Option<LeaseRecord>,
+    failures: u32,
+    fallback_announced: bool,
+    /// We saw another holder and then no Lease: the image was completed and released.
+    released_seen: bool,
+    providers: bool,
+    release_wanted: bool,
+    yield_wanted: bool,
+    /// A renew found the Lease taken over: emit `FeedFromSwarm` on the next poll.
+    lost: bool,
+}
+
+impl<M: AsRef<[u8]> + Clone + PartialEq> Election<M> {
+    /// `me` is this node's ranking id (as it appears among live members); `holder_identity` is
+    /// what it writes as `holderIdentity` (the node name).
+    pub fn new(
+        image: Digest,
+        me: M,
+        holder_identity: String,
+        cfg: ElectionConfig,
+        now: Instant,
+    ) -> Self {
+        let phase = match cfg.mode {
+            ElectionMode::Kube => Phase::AwaitProviders {
+                deadline: now + cfg.provider_wait,
+            },
+            ElectionMode::CoordinationFree => Phase::CoordinationFree,
+        };
+        Self {
+            image,
+            me,
+            holder_identity,
+            cfg,
+            phase,
+            role: Role::Undecided,
+            pending: None,
+            known: None,
+            failures: 0,
+            fallback_announced: false,
+            released_seen: false,
+            providers: false,
+            release_wanted: false,
+            yield_wanted: false,
+            lost: false,
+        }
+    }
+
+    pub fn image(&self) -> &Digest {
+        &self.image
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Whether we hold the Lease (as far as we know).
+    pub fn is_holder(&self) -> bool {
+        matches!(self.phase, Phase::Holding { .. })
+    }
+
+    /// Whether the coordination-free rule currently decides because the API server failed.
+    pub fn in_fallback(&self) -> bool {
+        matches!(self.phase, Phase::Fallback { .. })
+    }
+
+    /// Whether we hold the Lease and it has not expired by our own reckoning at `now`.
+    pub fn holds_at(&self, now: Instant) -> bool {
+        matches!(self.phase, Phase::Holding { expires, .. } if now < expires)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done && self.pending.is_none()
+    }
+
+    /// The last Lease we read or wrote.
+    pub fn known_lease(&self) -> Option<&LeaseRecord> {
+        self.known.as_ref()
+    }
+
+    /// The identity we write as holder.
+    pub fn holder_identity(&self) -> &str {
+        &self.holder_identity
+    }
+
+    /// Our rank among the live members (this node included), 0 = first.
+    pub fn rank(&self, members: &[M]) -> usize {
+        let mut all: Vec<M> = members.to_vec();
+        if !all.contains(&self.me) {
+            all.push(self.me.clone());
+        }
+        let key = self.image.to_string();
+        let ranked = rendezvous::rank(key.as_bytes(), &all);
+        ranked
+            .iter()
+            .position(|m| **m == self.me)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// The image is complete here: release the Lease if we hold it, then stop.
+    pub fn complete(&mut self) {
+        self.release_wanted = true;
+        if !self.is_holder() && self.pending.is_none() {
+            self.phase = Phase::Done;
+        }
+    }
+
+    /// We stop before the image is complete (shutdown, pull failed): hand the Lease over, then stop.
+    pub fn abandon(&mut self) {
+        self.yield_wanted = true;
+        if !self.is_holder() && self.pending.is_none() {
+            self.phase = Phase::Done;
+        }
+    }
+
+    /// Advances the machine; returns the actions to perform now (API calls one at a time).
+    pub fn poll<R: Rng>(&mut self, now: Instant, view: View<'_, M>, rng: &mut R) -> Vec<Action> {
+        self.providers = view.providers;
+        let mut out = Vec::new();
+        if self.pending.is_some() || self.phase == Phase::Done {
+            return out;
+        }
+        if std::mem::take(&mut self.lost) {
+            self.set_role(Role::Follow, &mut out);
+        }
+        let rank = self.rank(view.members);
+        let contender = rank < self.cfg.contenders;
+        if self.release_wanted || self.yield_wanted {
+            match &self.known {
+                Some(rec) if self.is_holder() => {
+                    let resource_version = rec.resource_version.clone();
+                    return if self.release_wanted {
+                        self.call(Call::Release, Action::Release { resource_version })
+                    } else {
+                        self.call(Call::Yield, Action::Yield { resource_version })
+                    };
+                }
+                _ => {
+                    self.phase = Phase::Done;
+                    return out;
+                }
+            }
+        }
+        match self.phase.clone() {
+            Phase::CoordinationFree => {
+                self.set_role(if rank == 0 { Role::Pull } else { Role::Follow }, &mut out);
+                out.push(Action::Wait {
+                    until: now + self.cfg.lease_duration / 3,
+                });
+            }
+            Phase::AwaitProviders { deadline } => {
+                if contender {
+                    self.phase = self.first_contact(now, rank, rng);
+                    out.extend(self.poll(now, view, rng));
+                    return out;
+                } else if view.providers {
+                    self.phase = Phase::SwarmFollow;
+                    self.set_role(Role::Follow, &mut out);
+                } else if now >= deadline {
+                    self.phase = Phase::Contend {
+                        at: now,
+                        call: Call::Get,
+                    };
+                    out.extend(self.poll(now, view, rng));
+                    return out;
+                } else {
+                    out.push(Action::Wait { until: deadline });
+                }
+            }
+            Phase::SwarmFollow => {
+                if !view.providers {
+                    self.released_seen = false;
+                    self.phase = Phase::AwaitProviders {
+                        deadline: now + self.cfg.provider_wait,
+                    };
+                    out.extend(self.poll(now, view, rng));
+                    return out;
+                } else if contender && !self.released_seen {
+                    self.phase = self.first_contact(now, rank, rng);
+                    out.extend(self.poll(now, view, rng));
+                    return out;
+                }
+                self.set_role(Role::Follow, &mut out);
+            }
+            Phase::Contend { at, call } => {
+                if now < at {
+                    out.push(Action::Wait { until: at });
+                } else {
+                    return self.contend_call(call);
+                }
+            }
+            Phase::Holding { renew_at, expires } => {
+                if now >= expires {
+                    // Not renewed in time (API errors, or we stalled): others may have taken over.
+                    // Read the Lease; an API error there falls back to the ranking.
+                    self.phase = Phase::Contend {
+                        at: now,
+                        call: Call::Get,
+                    };
+                    out.extend(self.poll(now, view, rng));
+                    return out;
+                }
+                self.set_role(Role::Pull, &mut out);
+                if now >= renew_at {
+                    let rv = self.known_rv();
+                    out.extend(self.call(
+                        Call::Renew,
+                        Action::Renew {
+                            resource_version: rv,
+                        },
+                    ));
+                } else {
+                    out.push(Action::Wait { until: renew_at });
+                }
+            }
+            Phase::Following { check_at } => {
+                self.set_role(Role::Follow, &mut out);
+                if !contender && view.providers {
+                    // A non-contender that timed out: providers exist now, stop using the API.
+                    self.phase = Phase::SwarmFollow;
+                } else if now >= check_at {
+                    out.extend(self.call(Call::Get, Action::Get));
+                } else {
+                    out.push(Action::Wait { until: check_at });
+                }
+            }
+            Phase::Fallback { retry_at } => {
+                if !self.fallback_announced {
+                    self.fallback_announced = true;
+                    out.push(Action::FallbackCoordinationFree);
+                }
+                self.set_role(if rank == 0 { Role::Pull } else { Role::Follow }, &mut out);
+                if now >= retry_at {
+                    out.extend(self.call(Call::Get, Action::Get));
+                } else {
+                    out.push(Action::Wait { until: retry_at });
+                }
+            }
+            Phase::Done => {}
+        }
+        out
+    }
+
+    /// The answer to [`Action::Get`].
+    pub fn on_get<R: Rng>(&mut self, now: Instant, observed: Observed, rng: &mut R) {
+        self.pending = None;
+        if self.phase == Phase::Done {
+            return;
+        }
+        match observed {
+            Observed::ApiError => self.enter_fallback(now, rng),
+            Observed::Absent => {
+                self.failures = 0;
+                let had_holder = self.known.as_ref().is_some_and(|r| r.holder.is_some());
+                self.known = None;
+                if (had_holder || self.released_seen) && self.providers {
+                    // The holder finished and released: the swarm has the image.
+                    self.released_seen = true;
+                    self.phase = Phase::SwarmFollow;
+                } else {
+                    self.phase = Phase::Contend {
+                        at: now,
+                        call: Call::Create,
+                    };
+                }
+            }
+            Observed::Lease(rec) => {
+                self.failures = 0;
+                self.on_lease(now, rec);
+            }
+        }
+    }
+
+    /// The answer to the last write action.
+    pub fn on_write<R: Rng>(&mut self, now: Instant, written: Written, rng: &mut R) {
+        let Some(call) = self.pending.take() else {
+            return;
+        };
+        match (call, written) {
+            (Call::Release | Call::Yield, _) => {
+                self.known = None;
+                self.phase = Phase::Done;
+            }
+            (_, Written::ApiError) if call == Call::Renew => {
+                let Phase::Holding { expires, .. } = self.phase else {
+                    return;
+                };
+                let retry = now + self.backoff(rng);
+                self.phase = Phase::Holding {
+                    renew_at: retry.min(expires),
+                    expires,
+                };
+            }
+            (_, Written::ApiError) => self.enter_fallback(now, rng),
+            (_, Written::Ok(rec)) => {
+                self.failures = 0;
+                let d = rec.duration.unwrap_or(self.cfg.lease_duration);
+                let base = rec.renew_time.unwrap_or(now);
+                self.known = Some(rec);
+                self.phase = Phase::Holding {
+                    renew_at: base + d / 3,
+                    expires: base + d,
+                };
+            }
+            (Call::Renew, Written::Conflict | Written::NotFound) => {
+                // Someone took the Lease over: stop pulling, learn who holds it.
+                self.lost = true;
+                self.known = None;
+                self.phase = Phase::Contend {
+                    at: now,
+                    call: Call::Get,
+                };
+            }
+            (_, Written::Conflict | Written::NotFound) => {
+                let delay = rng.gen_range(Duration::ZERO..=self.cfg.retry_min);
+                self.phase = Phase::Contend {
+                    at: now + delay,
+                    call: Call::Get,
+                };
+            }
+        }
+    }
+
+    fn on_lease(&mut self, now: Instant, rec: LeaseRecord) {
+        let expires = rec.expires_at(&self.cfg);
+        let mine = rec.holder.as_deref() == Some(self.holder_identity.as_str());
+        self.known = Some(rec);
+        match expires {
+            Some(at) if mine && now + self.cfg.clock_skew < at => {
+                // Ours from an earlier life (or a lost answer): renew right away. It protects us
+                // until its renew time + duration, not a moment longer.
+                self.phase = Phase::Holding {
+                    renew_at: now,
+                    expires: at - self.cfg.clock_skew,
+                };
+            }
+            Some(at) if !mine && now < at => self.phase = Phase::Following { check_at: at },
+            _ => {
+                self.phase = Phase::Contend {
+                    at: now,
+                    call: Call::TakeOver,
+                }
+            }
+        }
+    }
+
+    fn contend_call(&mut self, call: Call) -> Vec<Action> {
+        match call {
+            Call::Create => self.call(Call::Create, Action::Create),
+            Call::TakeOver => {
+                let rv = self.known_rv();
+                self.call(
+                    Call::TakeOver,
+                    Action::TakeOver {
+                        resource_version: rv,
+                    },
+                )
+            }
+            _ => self.call(Call::Get, Action::Get),
+        }
+    }
+
+    fn first_contact<R: Rng>(&self, now: Instant, rank: usize, rng: &mut R) -> Phase {
+        let stagger = self.cfg.stagger * u32::try_from(rank).unwrap_or(u32::MAX);
+        // The first-ranked goes at once; the others spread out around their slot.
+        let jitter = if rank == 0 {
+            Duration::ZERO
+        } else {
+            rng.gen_range(Duration::ZERO..=self.cfg.stagger / 4)
+        };
+        Phase::Contend {
+            at: now + stagger + jitter,
+            call: Call::Get,
+        }
+    }
+
+    fn enter_fallback<R: Rng>(&mut self, now: Instant, rng: &mut R) {
+        if !matches!(self.phase, Phase::Fallback { .. }) {
+            self.fallback_announced = false;
+        }
+        let retry_at = now + self.backoff(rng);
+        self.phase = Phase::Fallback { retry_at };
+    }
+
+    /// Exponential backoff with full jitter in [b/2, b].
+    fn backoff<R: Rng>(&mut self, rng: &mut R) -> Duration {
+        let exp = self
+            .cfg
+            .retry_min
+            .saturating_mul(1 << self.failures.min(16));
+        self.failures = self.failures.saturating_add(1);
+        let b = exp.min(self.cfg.retry_max);
+        rng.gen_range(b / 2..=b)
+    }
+
+    fn known_rv(&self) -> String {
+        self.known
+            .as_ref()
+            .map(|r| r.resource_version.clone())
+            .unwrap_or_default()
+    }
+
+    fn call(&mut self, call: Call, action: Action) -> Vec<Action> {
+        self.pending = Some(call);
+        vec![action]
+    }
+
+    fn set_role(&mut self, role: Role, out: &mut Vec<Action>) {
+        if self.role != role {
+            self.role = role;
+            out.push(match role {
+                Role::Pull => Action::PullFromRegistry,
+                _ => Action::FeedFromSwarm,
+            });
+        }
+    }
+}
