@@ -196,6 +196,21 @@ async fn blobs_a_peer_has_come_from_the_peer_and_the_rest_from_the_registry() {
         "the new layer came from the registry"
     );
 
+    // The same through DNS discovery: `localhost` resolves to the agent's address.
+    let d = dir.path().join("d");
+    let dns = format!("localhost:{port}");
+    let line = pull(
+        &reg,
+        &app,
+        &d,
+        &["--peers-dns", &dns, "--swarm-timeout", "20s"],
+    )
+    .await;
+    assert!(
+        line.contains(&format!("{} from peers", format_bytes(app.total_size))),
+        "{line}"
+    );
+
     let status = stop(seeder).await;
     assert_eq!(status.code(), Some(0), "agent exits 0 on SIGTERM");
 }
