@@ -434,3 +434,85 @@ async fn different_digests_never_share_a_lease() -> anyhow::Result<()> {
     assert!(api.lease_names(NS).is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn garbage_collection_deletes_only_long_expired_leases() -> anyhow::Result<()> {
+    let api = KubeApi::start().await?;
+    let raw = LeaseApi::new(client(&api)?, NS, LeaseMetrics::default());
+    let now = Timestamp::now();
+    let old = now - SignedDuration::from_secs(3600);
+    raw.create(&new_lease(
+        &image(20),
+        Some("dead"),
+        Duration::from_secs(300),
+        old,
+        None,
+    )?)
+    .await?;
+    raw.create(&new_lease(
+        &image(21),
+        Some("alive"),
+        Duration::from_secs(300),
+        now,
+        None,
+    )?)
+    .await?;
+    let deleted = raw.delete_expired(now, Duration::from_secs(900)).await?;
+    assert_eq!(deleted, 1);
+    assert_eq!(api.lease_names(NS), vec![lease_name(&image(21))]);
+    assert_eq!(raw.delete_expired(now, Duration::from_secs(900)).await?, 0);
+    Ok(())
+}
+
+/// Members that a test can change: the swarm losing a node.
+#[derive(Clone)]
+struct Members(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl SwarmView for Members {
+    fn snapshot(&mut self, _image: &Digest) -> impl Future<Output = Snapshot> + Send {
+        let members = self.0.lock().map(|m| m.clone()).unwrap_or_default();
+        async move {
+            Snapshot {
+                members,
+                providers: false,
+            }
+        }
+    }
+
+    fn changed(&mut self) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep(Duration::from_millis(20))
+    }
+}
+
+#[tokio::test]
+async fn coordination_free_the_top_member_pulls_then_the_next_one() -> anyhow::Result<()> {
+    let img = image(30);
+    let m = names(4);
+    let ranked: Vec<String> = contenders(&img, &m, 4).into_iter().cloned().collect();
+    let members = Members(Arc::new(std::sync::Mutex::new(m.clone())));
+    let mut runs = Vec::new();
+    for node in &ranked {
+        let cfg = LeaseConfig::new(LeaseMode::None, NS, node.as_str());
+        let e = LeaseElector::new(cfg, node.as_str(), None, LeaseMetrics::default())?;
+        runs.push(e.start(img, members.clone()));
+    }
+    for (i, e) in runs.iter_mut().enumerate() {
+        let s = decided(e).await?;
+        let want = if i == 0 { Role::Pull } else { Role::Follow };
+        assert_eq!(
+            (s.role, s.mode, s.holder),
+            (want, Mode::CoordinationFree, false)
+        );
+    }
+    // The puller leaves the swarm: the next in the ranking pulls, the rest keep following.
+    if let Ok(mut g) = members.0.lock() {
+        g.retain(|x| *x != ranked[0]);
+    }
+    runs.remove(0).kill();
+    until(&mut runs[0], |s| s.role == Role::Pull).await?;
+    assert_eq!(runs[1].status().role, Role::Follow);
+    for e in runs {
+        e.complete().await;
+    }
+    Ok(())
+}

@@ -36,6 +36,8 @@ struct SimLease {
     lease: Option<LeaseRecord>,
     next_rv: u64,
     calls: usize,
+    /// Writes take effect but their answer is lost (the caller sees an API error).
+    lose_answers: bool,
 }
 
 impl SimLease {
@@ -49,6 +51,14 @@ impl SimLease {
         };
         self.lease = Some(rec.clone());
         Written::Ok(rec)
+    }
+
+    fn answer(&self, w: Written) -> Written {
+        if self.lose_answers {
+            Written::ApiError
+        } else {
+            w
+        }
     }
 
     fn matches(&self, rv: &str) -> Result<(), Written> {
@@ -89,7 +99,7 @@ impl SimLease {
                         } else {
                             self.write(&me, now, d)
                         };
-                        e.on_write(now, w, rng);
+                        e.on_write(now, self.answer(w), rng);
                     }
                     Action::Renew {
                         resource_version: rv,
@@ -103,7 +113,7 @@ impl SimLease {
                             Ok(()) => self.write(&me, now, d),
                             Err(w) => w,
                         };
-                        e.on_write(now, w, rng);
+                        e.on_write(now, self.answer(w), rng);
                     }
                     Action::Yield {
                         resource_version: rv,
@@ -120,7 +130,7 @@ impl SimLease {
                             }
                             Err(w) => w,
                         };
-                        e.on_write(now, w, rng);
+                        e.on_write(now, self.answer(w), rng);
                     }
                     Action::Release {
                         resource_version: rv,
@@ -131,7 +141,7 @@ impl SimLease {
                             Ok(()) => Written::Ok(self.lease.take().expect("matched")),
                             Err(w) => w,
                         };
-                        e.on_write(now, w, rng);
+                        e.on_write(now, self.answer(w), rng);
                     }
                     other => seen.push(other),
                 }
@@ -474,14 +484,17 @@ enum Step {
         node: usize,
         advance_ms: u64,
         api_fails: bool,
+        lose_answers: bool,
     },
     Kill(usize),
+    Complete(usize),
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        10 => (0usize..12, 0u64..4000, prop::bool::weighted(0.1)).prop_map(|(node, advance_ms, api_fails)| Step::Poll { node, advance_ms, api_fails }),
+        10 => (0usize..12, 0u64..4000, prop::bool::weighted(0.1), prop::bool::weighted(0.05)).prop_map(|(node, advance_ms, api_fails, lose_answers)| Step::Poll { node, advance_ms, api_fails, lose_answers }),
         1 => (0usize..12).prop_map(Step::Kill),
+        1 => (0usize..12).prop_map(Step::Complete),
     ]
 }
 
@@ -501,7 +514,8 @@ proptest! {
         for s in steps {
             match s {
                 Step::Kill(i) => { if let Some(x) = nodes.get_mut(i % n) { *x = None; } }
-                Step::Poll { node, advance_ms, api_fails } => {
+                Step::Complete(i) => { if let Some(Some(e)) = nodes.get_mut(i % n) { e.complete(); } }
+                Step::Poll { node, advance_ms, api_fails, lose_answers } => {
                     now += Duration::from_millis(advance_ms);
                     let live: Vec<String> = m.iter().zip(&nodes).filter(|(_, e)| e.is_some()).map(|(x, _)| x.clone()).collect();
                     let Some(Some(e)) = nodes.get_mut(node % n) else { continue };
@@ -514,7 +528,9 @@ proptest! {
                             }
                         }
                     } else {
+                        sim.lose_answers = lose_answers;
                         sim.drive(e, now, view(&live, true), &mut rng);
+                        sim.lose_answers = false;
                     }
                 }
             }

@@ -161,6 +161,47 @@ impl LeaseApi {
         self.count(ApiVerb::List, "", r)
     }
 
+    /// Garbage collection: deletes the managed Leases whose renew time + duration + `grace` lies
+    /// before `now` (their holder died and no node took over, e.g. the image left every list), each
+    /// with its resourceVersion as precondition, so a Lease renewed meanwhile stays. Keep `grace` at
+    /// several lease durations: a follower reading no Lease takes the image as complete.
+    /// Returns how many were deleted.
+    pub async fn delete_expired(
+        &self,
+        now: Timestamp,
+        grace: Duration,
+    ) -> Result<usize, LeaseError> {
+        let mut deleted = 0;
+        for lease in self.list_managed().await? {
+            let spec = lease.spec.clone().unwrap_or_default();
+            let secs = spec
+                .lease_duration_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .unwrap_or(0);
+            let keep = SignedDuration::try_from(Duration::from_secs(secs).saturating_add(grace))
+                .unwrap_or(SignedDuration::MAX);
+            let stale = spec
+                .renew_time
+                .is_none_or(|MicroTime(t)| now.duration_since(t) > keep);
+            let (Some(name), Some(rv)) = (
+                lease.metadata.name.as_deref(),
+                lease.metadata.resource_version.as_deref(),
+            ) else {
+                continue;
+            };
+            if !stale {
+                continue;
+            }
+            match self.delete(name, rv).await {
+                Ok(()) => deleted += 1,
+                // Renewed, taken over or deleted meanwhile: not ours to remove.
+                Err(LeaseError::Conflict { .. } | LeaseError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(deleted)
+    }
+
     pub fn metrics(&self) -> &LeaseMetrics {
         &self.metrics
     }

@@ -195,8 +195,8 @@ impl ImageElection {
         self.finish(Stop::Complete).await;
     }
 
-    /// We stop before the image is complete: our Lease is handed over (no holder), so a contender
-    /// takes over at once.
+    /// We stop before the image is complete: our Lease is handed over (no holder), so the next
+    /// contender that reads it takes over without waiting for expiry.
     pub async fn abandon(mut self) {
         self.finish(Stop::Abandon).await;
     }

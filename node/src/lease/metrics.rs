@@ -100,3 +100,28 @@ impl LeaseMetrics {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposed_as_lease_api_calls_total_with_bounded_labels() {
+        let mut registry = Registry::default();
+        let m = LeaseMetrics::register(&mut registry);
+        m.inc(ApiVerb::Get, ApiResult::Ok);
+        m.inc(ApiVerb::Replace, ApiResult::Conflict);
+        m.inc(ApiVerb::Replace, ApiResult::Conflict);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.contains("lease_api_calls_total{verb=\"get\",result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lease_api_calls_total{verb=\"replace\",result=\"conflict\"} 2"),
+            "{text}"
+        );
+        assert_eq!(m.total(), 3);
+    }
+}
