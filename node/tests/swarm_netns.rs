@@ -44,9 +44,9 @@ fn store_config(dir: &Path) -> StoreConfig {
     }
 }
 
-/// Writes a random 64 MiB blob into a fresh store at `dir`.
-fn seed(dir: &Path) -> Digest {
-    let mut data = vec![0u8; BLOB];
+/// Writes a random blob of `len` bytes into a fresh store at `dir`.
+fn seed(dir: &Path, len: usize) -> Digest {
+    let mut data = vec![0u8; len];
     rand::rngs::StdRng::seed_from_u64(64).fill_bytes(&mut data);
     let digest = Digest::of(&data);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -81,11 +81,15 @@ fn stored_digest(dir: &Path, digest: &Digest) -> Option<Digest> {
 /// Starts `image-preheat <args>` on `host` (swarm on :4001, peers from the lab DNS), output to
 /// `<log>.out` / `<log>.err`.
 fn start(host: &Host, args: &[&str], log: &Path) -> LabProcess {
+    start_with_dns(host, args, NAME, log)
+}
+
+fn start_with_dns(host: &Host, args: &[&str], dns_name: &str, log: &Path) -> LabProcess {
     let ip = host.ip().to_string();
     let mut cmd = host.command(BIN);
     cmd.args(args)
-        .args(["--swarm-addr", "0.0.0.0:4001", "--peers-dns", NAME])
-        .args(["--external-addr", &ip, "--peer-discovery-interval", "2s"])
+        .args(["--swarm-addr", "0.0.0.0:4001", "--peers-dns", dns_name])
+        .args(["--external-addr", &ip, "--peer-discovery-interval", "1s"])
         .env("LOG_FORMAT", "json")
         .env("LOG_LEVEL", "info")
         .stdin(Stdio::null())
@@ -131,7 +135,7 @@ fn eight_hosts_get_a_64_mib_blob_while_the_seeder_sends_it_less_than_twice() {
     let dirs: Vec<PathBuf> = (0..HOSTS)
         .map(|i| tmp.path().join(format!("h{i}")))
         .collect();
-    let digest = seed(&dirs[0]);
+    let digest = seed(&dirs[0], BLOB);
     let size = BLOB.to_string();
     let digest_arg = digest.to_string();
 
@@ -217,4 +221,73 @@ fn eight_hosts_get_a_64_mib_blob_while_the_seeder_sends_it_less_than_twice() {
     if let Some(line) = log.lines().find(|l| l.contains("agent stopped")) {
         eprintln!("seeder: {line}");
     }
+}
+
+/// PEERS_DNS is resolved again every PEER_DISCOVERY_INTERVAL: a fetcher whose first lookup found
+/// only itself finds the seeder once the seeder's address is added to the name.
+#[test]
+fn a_peer_added_to_the_dns_name_later_is_found_by_the_next_discovery_round() {
+    assert!(
+        is_root(),
+        "this test builds network namespaces and needs root (CI runs it as root); run it with sudo"
+    );
+    let lab = Lab::builder().hosts(2).build().unwrap();
+    let dns = lab.start_dns().unwrap();
+    let (seeder_host, fetcher_host) = (lab.host(0), lab.host(1));
+    dns.set_records(NAME, &[fetcher_host.ip()]).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (seed_dir, fetch_dir) = (tmp.path().join("h0"), tmp.path().join("h1"));
+    let digest = seed(&seed_dir, 4 << 20);
+
+    // The seeder looks for peers under a name nobody answers, so it never dials the fetcher.
+    let seeder_log = tmp.path().join("agent");
+    let _seeder = start_with_dns(
+        seeder_host,
+        &["agent", "--store", seed_dir.to_str().unwrap()],
+        "nobody.test.svc.cluster.local",
+        &seeder_log,
+    );
+    wait_for_text(
+        &seeder_log.with_extension("err"),
+        "agent started",
+        Duration::from_secs(20),
+    );
+    let log = tmp.path().join("fetch");
+    let mut fetcher = start(
+        fetcher_host,
+        &[
+            "fetch-blob",
+            &digest.to_string(),
+            "--size",
+            &(4u64 << 20).to_string(),
+            "--store",
+            fetch_dir.to_str().unwrap(),
+            "--timeout",
+            "40s",
+            "--linger",
+            "0s",
+        ],
+        &log,
+    );
+    // The fetcher's first lookup has been answered (with itself only); now the seeder joins.
+    let query = format!("query[A] {NAME} from {}", fetcher_host.ip());
+    let until = Instant::now() + Duration::from_secs(20);
+    while !dns.log().unwrap().contains(&query) {
+        assert!(
+            Instant::now() < until,
+            "the fetcher never looked up {NAME}:\n{}",
+            dns.log().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    dns.set_records(NAME, &[fetcher_host.ip(), seeder_host.ip()])
+        .unwrap();
+    let status = fetcher.wait_timeout(Duration::from_secs(50)).unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "fetch-blob: {status:?}\nstdout: {}\nstderr: {}",
+        read(log.with_extension("out")),
+        read(log.with_extension("err"))
+    );
+    assert_eq!(stored_digest(&fetch_dir, &digest), Some(digest));
 }
