@@ -43,9 +43,12 @@ enum Call {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
-    /// Not a contender: wait for a provider until the deadline.
+    /// Not a contender: wait for a provider until the deadline. At each missed deadline the
+    /// contender set doubles (top k·2^(round+1)), so a slow puller does not bring every node to
+    /// the API server at once.
     AwaitProviders {
         deadline: Instant,
+        round: u32,
     },
     /// Not contending: a provider serves the image (or the holder released a complete image).
     SwarmFollow,
@@ -104,6 +107,7 @@ impl<M: AsRef<[u8]> + Clone + PartialEq> Election<M> {
         let phase = match cfg.mode {
             ElectionMode::Kube => Phase::AwaitProviders {
                 deadline: now + cfg.provider_wait,
+                round: 0,
             },
             ElectionMode::CoordinationFree => Phase::CoordinationFree,
         };
@@ -228,7 +232,7 @@ impl<M: AsRef<[u8]> + Clone + PartialEq> Election<M> {
                     until: now + self.cfg.lease_duration / 3,
                 });
             }
-            Phase::AwaitProviders { deadline } => {
+            Phase::AwaitProviders { deadline, round } => {
                 if contender {
                     self.phase = self.first_contact(now, rank, rng);
                     out.extend(self.poll(now, view, rng));
@@ -237,9 +241,21 @@ impl<M: AsRef<[u8]> + Clone + PartialEq> Election<M> {
                     self.phase = Phase::SwarmFollow;
                     self.set_role(Role::Follow, &mut out);
                 } else if now >= deadline {
-                    self.phase = Phase::Contend {
-                        at: now,
-                        call: Call::Get,
+                    let widened = self
+                        .cfg
+                        .contenders
+                        .saturating_mul(1usize.checked_shl(round + 1).unwrap_or(usize::MAX));
+                    self.phase = if rank < widened {
+                        let jitter = rng.gen_range(Duration::ZERO..=self.cfg.stagger);
+                        Phase::Contend {
+                            at: now + jitter,
+                            call: Call::Get,
+                        }
+                    } else {
+                        Phase::AwaitProviders {
+                            deadline: now + self.cfg.provider_wait,
+                            round: round.saturating_add(1),
+                        }
                     };
                     out.extend(self.poll(now, view, rng));
                     return out;
@@ -252,6 +268,7 @@ impl<M: AsRef<[u8]> + Clone + PartialEq> Election<M> {
                     self.released_seen = false;
                     self.phase = Phase::AwaitProviders {
                         deadline: now + self.cfg.provider_wait,
+                        round: 0,
                     };
                     out.extend(self.poll(now, view, rng));
                     return out;

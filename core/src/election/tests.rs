@@ -308,22 +308,60 @@ fn non_contenders_wait_for_providers_without_api_calls() {
         &mut rng,
     );
     assert_eq!(sim.calls, 0);
-    // Providers vanish: after the deadline it contends and creates the Lease itself.
+    // Providers vanish: it waits again; rank 19 of 20 contends only once the widening contender
+    // set (3 → 6 → 12 → 24) reaches it, then creates the Lease itself.
+    for t in [101, 106, 111] {
+        let acts = sim.drive(
+            &mut e,
+            t0 + Duration::from_secs(t),
+            view(&m, false),
+            &mut rng,
+        );
+        assert!(matches!(acts[..], [Action::Wait { .. }]), "{t}: {acts:?}");
+        assert_eq!(sim.calls, 0, "{t}");
+    }
     sim.drive(
         &mut e,
-        t0 + Duration::from_secs(101),
+        t0 + Duration::from_secs(116),
         view(&m, false),
         &mut rng,
     );
-    assert_eq!(sim.calls, 0);
     let acts = sim.drive(
         &mut e,
-        t0 + Duration::from_secs(106),
+        t0 + Duration::from_secs(117),
         view(&m, false),
         &mut rng,
     );
     assert_eq!(acts[0], Action::PullFromRegistry);
     assert_eq!(sim.calls, 2);
+}
+
+#[test]
+fn a_slow_puller_brings_a_doubling_set_of_nodes_to_the_api() {
+    let t0 = Instant::now();
+    let img = digest(11);
+    let m = names(40);
+    let mut rng = StdRng::seed_from_u64(8);
+    let mut sim = SimLease::default();
+    let mut nodes: Vec<Election<String>> = m.iter().map(|x| election(img, x, cfg(), t0)).collect();
+    let mut called = vec![false; m.len()];
+    // The puller never shows up in the swarm (no providers); poll everyone every 100 ms.
+    let mut callers_at = Vec::new();
+    for tick in 0..=170u64 {
+        let now = t0 + Duration::from_millis(tick * 100);
+        for (i, e) in nodes.iter_mut().enumerate() {
+            let before = sim.calls;
+            sim.drive(e, now, view(&m, false), &mut rng);
+            called[i] |= sim.calls > before;
+        }
+        if tick % 50 == 49 {
+            callers_at.push(called.iter().filter(|c| **c).count());
+        }
+    }
+    // Before the 5 s deadline: the top 3; then at most 6, 12, 24 nodes.
+    assert_eq!(callers_at, vec![3, 6, 12], "{callers_at:?}");
+    let holders = nodes.iter().filter(|e| e.is_holder()).count();
+    assert_eq!(holders, 1);
 }
 
 #[test]

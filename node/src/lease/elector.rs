@@ -88,6 +88,9 @@ impl LeaseElector {
         if secs == 0 || i32::try_from(secs).is_err() {
             return Err(LeaseError::Duration(cfg.lease_duration));
         }
+        if cfg.contenders == 0 {
+            return Err(LeaseError::NoContenders);
+        }
         let api = match (cfg.mode, client) {
             (LeaseMode::Kube, Some(c)) => Some(LeaseApi::new(c, &cfg.namespace, metrics)),
             (LeaseMode::Kube, None) => {
@@ -176,6 +179,11 @@ pub struct ImageElection {
 impl ImageElection {
     pub fn status(&self) -> Status {
         *self.status.borrow()
+    }
+
+    /// A receiver of every status change (for `select!` alongside the pull).
+    pub fn subscribe(&self) -> watch::Receiver<Status> {
+        self.status.clone()
     }
 
     /// Waits until this node either pulls from the registry or follows the swarm.

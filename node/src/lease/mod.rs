@@ -112,6 +112,8 @@ pub enum LeaseError {
     Config(#[source] kube::config::InferConfigError),
     #[error("lease duration {0:?} is not a positive number of seconds")]
     Duration(Duration),
+    #[error("at least one contender per lease is needed")]
+    NoContenders,
 }
 
 impl LeaseError {
@@ -123,6 +125,7 @@ impl LeaseError {
             Self::Api(_) => "api",
             Self::Config(_) => "config",
             Self::Duration(_) => "duration",
+            Self::NoContenders => "no_contenders",
         }
     }
 }
