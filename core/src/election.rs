@@ -2,17 +2,25 @@
 //! state machine, plus the coordination-free rule used without (or when losing) the API server.
 //!
 //! ```text
-//!  poll(now, view, rng) ──► [Get | Create | Renew | TakeOver | Release | PullFromRegistry | FeedFromSwarm
-//!        ▲                   | FallbackCoordinationFree | Wait{until}]
-//!        └── on_get(now, Observed) / on_write(now, Written) / complete() ◄── the adapter's API results
+//!  poll(now, view, rng) ──► [Get | Create | Renew | TakeOver | Yield | Release | Wait{until}
+//!        ▲                   | PullFromRegistry | FeedFromSwarm | FallbackCoordinationFree]
+//!        └── on_get(now, Observed) / on_write(now, Written) / complete() / abandon() ◄── adapter
 //! ```
 //!
-//! Invariants: only the top `k` live members of the rendezvous ranking of the image (plus nodes that
-//! saw no provider within `provider_wait`) ever ask for an API call, so API load per image does not
-//! grow with the cluster; at most one API call is outstanding; every write carries the
-//! resourceVersion it was based on (optimistic concurrency: a 409 means another node won);
-//! `PullFromRegistry`/`FeedFromSwarm` are emitted only when the role changes; retries are jittered.
-//! Times are the caller's monotonic clock; the adapter maps the Lease's wall-clock `renewTime` onto it.
+//! Rules: the top `k` live members of the rendezvous ranking of the image contend (rank r first
+//! reads after r × `stagger`): absent → create, held → follow and re-read at its expiry
+//! (`renewTime + leaseDuration + clock_skew`), expired or holder-less → replace with its
+//! resourceVersion. The holder renews every third of the duration. Others wait for a provider in
+//! the swarm; each missed `provider_wait` doubles the contender set (k, 2k, 4k, …). A Lease deleted
+//! after a holder was seen (with providers around) means the image is complete: no new pull. An API
+//! error switches to the coordination-free rule (the top-ranked live member pulls) and retries with
+//! jittered exponential backoff until the API answers.
+//!
+//! Invariants: at most one node believes it holds an unexpired Lease (the holder's own expiry is
+//! `clock_skew` before anyone else's); API calls per image are bounded by the contender set, not
+//! the cluster size; at most one API call is outstanding; `PullFromRegistry`/`FeedFromSwarm` are
+//! emitted only on role changes. Times are the caller's monotonic clock; the adapter maps the
+//! Lease's wall-clock `renewTime` onto it.
 
 use std::time::{Duration, Instant};
 

@@ -549,10 +549,13 @@ proptest! {
         let mut nodes: Vec<Option<Election<String>>> =
             m.iter().map(|me| Some(election(img, me, cfg(), t0))).collect();
         let mut now = t0;
+        let mut completed = false;
         for s in steps {
             match s {
                 Step::Kill(i) => { if let Some(x) = nodes.get_mut(i % n) { *x = None; } }
-                Step::Complete(i) => { if let Some(Some(e)) = nodes.get_mut(i % n) { e.complete(); } }
+                Step::Complete(i) => {
+                    if let Some(Some(e)) = nodes.get_mut(i % n) { e.complete(); completed = true; }
+                }
                 Step::Poll { node, advance_ms, api_fails, lose_answers } => {
                     now += Duration::from_millis(advance_ms);
                     let live: Vec<String> = m.iter().zip(&nodes).filter(|(_, e)| e.is_some()).map(|(x, _)| x.clone()).collect();
@@ -578,6 +581,20 @@ proptest! {
                 let named = sim.lease.as_ref().and_then(|l| l.holder.clone());
                 prop_assert_eq!(named.as_deref(), Some(h.holder_identity()));
             }
+        }
+        // Liveness: once faults stop (and no image was completed), within a few lease durations
+        // exactly one live node holds the Lease and it is the only one pulling.
+        let live: Vec<String> = m.iter().zip(&nodes).filter(|(_, e)| e.is_some()).map(|(x, _)| x.clone()).collect();
+        if !completed && !live.is_empty() {
+            for _ in 0..100 {
+                now += Duration::from_secs(1);
+                for e in nodes.iter_mut().flatten() {
+                    sim.drive(e, now, view(&live, true), &mut rng);
+                }
+            }
+            let holders = nodes.iter().flatten().filter(|e| e.holds_at(now)).count();
+            let pullers = nodes.iter().flatten().filter(|e| e.role() == Role::Pull).count();
+            prop_assert_eq!((holders, pullers), (1, 1));
         }
     }
 

@@ -14,6 +14,22 @@
 //! `preheat_core::election::lease_name`, labelled `app.kubernetes.io/managed-by=image-preheat` and
 //! `image-preheat.io/digest=<63 hex>` for garbage collection. Needs the RBAC in
 //! `deploy/rbac-lease.yaml`.
+//!
+//! ```no_run
+//! # use image_preheat::lease::*;
+//! # async fn demo(image: preheat_core::Digest, view: impl SwarmView, peer_id: String) -> Result<(), LeaseError> {
+//! let mut registry = prometheus_client::registry::Registry::default();
+//! let metrics = LeaseMetrics::register(&mut registry);
+//! let cfg = LeaseConfig::new(LeaseMode::Kube, "image-preheat", "node-a");
+//! let elector = LeaseElector::from_environment(cfg, peer_id, metrics).await?;
+//! let mut election = elector.start(image, view);
+//! match election.acquire_or_follow().await.role {
+//!     Role::Pull => { /* pull from the registry, announcing chunks as they are stored */ }
+//!     _ => { /* fetch from the swarm; watch `election.subscribe()` for a takeover (→ Pull) */ }
+//! }
+//! election.complete().await; // image complete here: the holder deletes its Lease
+//! # Ok(()) }
+//! ```
 
 mod api;
 mod elector;
