@@ -21,11 +21,11 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug, Args)]
 pub struct PeerArgs {
     /// A peer to dial: IP:PORT, HOST:PORT or a multiaddr (/ip4/10.0.0.5/tcp/4001); repeatable,
-    /// comma-separated in the env variable.
+    /// comma-separated in the env variable (empty items are ignored).
     #[arg(long = "peer", env = "PEERS", value_delimiter = ',', value_parser = parse_peer_arg)]
-    pub peers: Vec<Multiaddr>,
+    pub peers: Vec<PeerAddr>,
     /// DNS name whose every A/AAAA record is a peer (the headless Service), NAME or NAME:PORT;
-    /// the port defaults to this node's swarm port (4001 when that is 0).
+    /// the port defaults to this node's swarm port (4001 when that is 0). Empty: none.
     #[arg(long, env = "PEERS_DNS", value_parser = parse_dns_name)]
     pub peers_dns: Option<DnsName>,
     /// How often PEERS_DNS is resolved again and lost peers are re-dialled (e.g. 30s).
@@ -46,7 +46,11 @@ pub struct PeerArgs {
     pub max_uploads: u16,
 }
 
-/// A `--peers-dns` value.
+/// A `--peer` value; `None` for an empty item (`PEERS=""` in a manifest means no peers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr(pub Option<Multiaddr>);
+
+/// A `--peers-dns` value; an empty `host` (`PEERS_DNS=""`) means none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsName {
     pub host: String,
@@ -56,7 +60,15 @@ pub struct DnsName {
 impl PeerArgs {
     /// Whether any peer source was given (else `pull` does not start a swarm node).
     pub fn any(&self) -> bool {
-        !self.peers.is_empty() || self.peers_dns.is_some()
+        self.static_peers().next().is_some() || self.dns().is_some()
+    }
+
+    fn static_peers(&self) -> impl Iterator<Item = &Multiaddr> {
+        self.peers.iter().filter_map(|p| p.0.as_ref())
+    }
+
+    fn dns(&self) -> Option<&DnsName> {
+        self.peers_dns.as_ref().filter(|d| !d.host.is_empty())
     }
 
     /// The swarm configuration for a node listening on `listen`.
@@ -70,10 +82,9 @@ impl PeerArgs {
         SwarmConfig {
             listen: vec![to_multiaddr(listen)],
             external,
-            peers: self.peers.clone(),
+            peers: self.static_peers().cloned().collect(),
             peers_dns: self
-                .peers_dns
-                .as_ref()
+                .dns()
                 .map(|d| (d.host.clone(), d.port.unwrap_or(peer_port))),
             discovery_interval: self.peer_discovery_interval,
             upload_rate: (self.upload_rate_limit > 0).then_some(self.upload_rate_limit),
@@ -289,14 +300,23 @@ pub async fn fetch_blob(args: FetchBlobArgs) -> u8 {
     code
 }
 
-fn parse_peer_arg(s: &str) -> Result<Multiaddr, String> {
-    parse_peer(s.trim()).ok_or_else(|| {
+fn parse_peer_arg(s: &str) -> Result<PeerAddr, String> {
+    if s.trim().is_empty() {
+        return Ok(PeerAddr(None));
+    }
+    parse_peer(s.trim()).map(|a| PeerAddr(Some(a))).ok_or_else(|| {
         format!("{s:?} is not a peer address (IP:PORT, HOST:PORT or a multiaddr like /ip4/10.0.0.5/tcp/4001)")
     })
 }
 
 fn parse_dns_name(s: &str) -> Result<DnsName, String> {
     let s = s.trim();
+    if s.is_empty() {
+        return Ok(DnsName {
+            host: String::new(),
+            port: None,
+        });
+    }
     let (host, port) = match s.rsplit_once(':') {
         Some((h, p)) => (
             h,
@@ -352,7 +372,7 @@ mod tests {
         assert_eq!(parse_dns_name("peers:4002").unwrap().port, Some(4002));
         assert!(parse_dns_name("peers:0").is_err());
         assert!(parse_dns_name("peers:x").is_err());
-        assert!(parse_dns_name("").is_err());
+        assert!(parse_dns_name(":4001").is_err());
         assert!(parse_dns_name("a b").is_err());
     }
 
@@ -375,5 +395,24 @@ mod tests {
         let cfg = args.swarm_config("0.0.0.0:0".parse().unwrap());
         assert_eq!(cfg.peers_dns, Some(("svc".to_owned(), DEFAULT_SWARM_PORT)));
         assert!(cfg.external.is_empty(), "port 0 cannot be advertised");
+    }
+
+    #[test]
+    fn empty_env_values_mean_no_peers() {
+        let args = PeerArgs {
+            peers: vec![parse_peer_arg("").unwrap(), parse_peer_arg(" ").unwrap()],
+            peers_dns: Some(parse_dns_name("").unwrap()),
+            peer_discovery_interval: Duration::from_secs(30),
+            external_addr: None,
+            upload_rate_limit: 0,
+            download_rate_limit: 0,
+            max_uploads: 8,
+        };
+        assert!(!args.any());
+        let cfg = args.swarm_config("0.0.0.0:4001".parse().unwrap());
+        assert!(cfg.peers.is_empty());
+        assert_eq!(cfg.peers_dns, None);
+        let one = parse_peer_arg("10.0.0.5:4001").unwrap();
+        assert_eq!(one.0.unwrap().to_string(), "/ip4/10.0.0.5/tcp/4001");
     }
 }
