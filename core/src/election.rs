@@ -416,6 +416,11 @@ impl<M: AsRef<[u8]> + Clone + PartialEq> Election<M> {
                     call: Call::Get,
                 };
             }
+            (Call::Create, Written::NotFound) => {
+                // Creating cannot miss the object itself: the namespace is missing. Back off as
+                // for an API error instead of looping on get/create.
+                self.enter_fallback(now, rng);
+            }
             (_, Written::Conflict | Written::NotFound) => {
                 let delay = rng.gen_range(Duration::ZERO..=self.cfg.retry_min);
                 self.phase = Phase::Contend {

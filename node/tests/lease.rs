@@ -516,3 +516,46 @@ async fn coordination_free_the_top_member_pulls_then_the_next_one() -> anyhow::R
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn the_holder_renews_every_third_of_the_duration_keeping_its_acquire_time(
+) -> anyhow::Result<()> {
+    let api = Arc::new(KubeApi::start().await?);
+    let img = image(40);
+    let m = names(1);
+    let mut cfg = config(&m[0]);
+    cfg.lease_duration = Duration::from_secs(3);
+    let (e, metrics) = elector(&api, cfg)?;
+    let mut ie = e.start(
+        img,
+        TestView {
+            members: m,
+            api: api.clone(),
+        },
+    );
+    assert!(decided(&mut ie).await?.holder);
+    let first = api.lease(NS, &lease_name(&img)).context("lease")?;
+    let renewed = tokio::time::timeout(GUARD, async {
+        loop {
+            if let Some(l) = api.lease(NS, &lease_name(&img)) {
+                if l["metadata"]["resourceVersion"] != first["metadata"]["resourceVersion"] {
+                    return l;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await?;
+    assert_eq!(renewed["spec"]["holderIdentity"], "node-0");
+    assert_eq!(renewed["spec"]["acquireTime"], first["spec"]["acquireTime"]);
+    let t = |l: &serde_json::Value| {
+        l["spec"]["renewTime"]
+            .as_str()
+            .unwrap_or("")
+            .parse::<Timestamp>()
+    };
+    assert!(t(&renewed)? > t(&first)?);
+    assert!(metrics.calls(ApiVerb::Replace, ApiResult::Ok) >= 1);
+    ie.complete().await;
+    Ok(())
+}

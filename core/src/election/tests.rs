@@ -515,6 +515,25 @@ fn a_holder_that_gives_up_hands_over_at_once() {
     assert!(sim2.lease.is_none());
 }
 
+#[test]
+fn create_into_a_missing_namespace_backs_off_instead_of_looping() {
+    let t0 = Instant::now();
+    let img = digest(12);
+    let m = names(1);
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut e = election(img, &m[0], cfg(), t0);
+    assert_eq!(e.poll(t0, view(&m, false), &mut rng), vec![Action::Get]);
+    e.on_get(t0, Observed::Absent, &mut rng);
+    assert_eq!(e.poll(t0, view(&m, false), &mut rng), vec![Action::Create]);
+    e.on_write(t0, Written::NotFound, &mut rng);
+    let acts = e.poll(t0, view(&m, false), &mut rng);
+    assert_eq!(
+        acts[..2],
+        [Action::FallbackCoordinationFree, Action::PullFromRegistry]
+    );
+    assert!(matches!(acts[2], Action::Wait { until } if until > t0));
+}
+
 /// A step of the many-node simulation.
 #[derive(Debug, Clone)]
 enum Step {

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 pub use preheat_core::election::Role;
@@ -158,6 +159,7 @@ impl LeaseElector {
             cfg: self.cfg.clone(),
             tx,
             rng: StdRng::from_entropy(),
+            acquired: None,
         };
         let task = tokio::spawn(run.run(view, stop_rx));
         ImageElection {
@@ -243,6 +245,8 @@ struct Run {
     cfg: LeaseConfig,
     tx: watch::Sender<Status>,
     rng: StdRng,
+    /// When this node acquired the Lease it holds (kept across renewals).
+    acquired: Option<Timestamp>,
 }
 
 impl Run {
@@ -335,13 +339,22 @@ impl Run {
                 Ok(l) => api.create(&l).await,
                 Err(e) => Err(e),
             },
-            Action::Renew {
-                resource_version: rv,
-            }
-            | Action::TakeOver {
+            Action::TakeOver {
                 resource_version: rv,
             } => match new_lease(image, Some(&me), d, Timestamp::now(), Some(rv)) {
                 Ok(l) => api.replace(&l).await,
+                Err(e) => Err(e),
+            },
+            Action::Renew {
+                resource_version: rv,
+            } => match new_lease(image, Some(&me), d, Timestamp::now(), Some(rv)) {
+                Ok(mut l) => {
+                    // A renewal keeps the time this holder acquired the Lease.
+                    if let (Some(spec), Some(known)) = (l.spec.as_mut(), self.acquired) {
+                        spec.acquire_time = Some(MicroTime(known));
+                    }
+                    api.replace(&l).await
+                }
                 Err(e) => Err(e),
             },
             Action::Yield {
@@ -358,6 +371,11 @@ impl Run {
                 .map(|()| k8s_openapi::api::coordination::v1::Lease::default()),
             _ => return,
         };
+        let acquired = res
+            .as_ref()
+            .ok()
+            .and_then(|l| l.spec.as_ref()?.acquire_time.as_ref())
+            .map(|MicroTime(t)| *t);
         let written = match res {
             Ok(l) => Written::Ok(if l.metadata.resource_version.is_some() {
                 lease_record(&l, Instant::now(), Timestamp::now())
@@ -377,6 +395,11 @@ impl Run {
             }
         };
         self.e.on_write(Instant::now(), written, &mut self.rng);
+        self.acquired = if self.e.is_holder() {
+            acquired.or(self.acquired)
+        } else {
+            None
+        };
     }
 
     fn publish(&self) {
