@@ -29,6 +29,10 @@ pub struct Snapshot {
 }
 
 /// The swarm as the election needs it; the node implements it over the swarm handle.
+///
+/// `snapshot` runs on every poll (about once per `changed`), so serve it from cached membership
+/// and provider records. Report members only once discovery has settled: a node that sees only
+/// itself ranks itself first and contends, so a half-discovered swarm sends more nodes to the API.
 pub trait SwarmView: Send + 'static {
     fn snapshot(&mut self, image: &Digest) -> impl Future<Output = Snapshot> + Send;
 

@@ -46,8 +46,8 @@ pub use api::{
 pub use elector::{ImageElection, LeaseElector, Mode, Role, Snapshot, Status, SwarmView};
 pub use metrics::{ApiResult, ApiVerb, LeaseMetrics};
 
-/// `LEASE=kube|none`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `LEASE=kube|none` (clap value names `kube`, `none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LeaseMode {
     Kube,
     None,
