@@ -252,6 +252,21 @@ async fn two_racing_takeovers_exactly_one_wins() -> anyhow::Result<()> {
         ),
         (1, 1)
     );
+    // Deleting with the stale resourceVersion conflicts too; the winner's deletes it.
+    let name = lease_name(&img);
+    let stale_rv = created.metadata.resource_version.clone().context("rv")?;
+    let del = raw.delete(&name, &stale_rv).await;
+    assert!(
+        matches!(del, Err(image_preheat::lease::LeaseError::Conflict { .. })),
+        "{del:?}"
+    );
+    let current = raw.get(&name).await?.context("still there")?;
+    raw.delete(
+        &name,
+        current.metadata.resource_version.as_deref().unwrap_or(""),
+    )
+    .await?;
+    assert!(raw.get(&name).await?.is_none());
     Ok(())
 }
 
