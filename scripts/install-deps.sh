@@ -14,6 +14,10 @@ declare -A PKGS=(
   [ip]=iproute2
   [ping]=iputils-ping
   [dnsmasq]=dnsmasq-base
+  [containerd]=containerd
+  [ctr]=containerd
+  [dockerd]=docker.io
+  [tc]=iproute2
 )
 
 missing=()
