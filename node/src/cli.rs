@@ -254,26 +254,10 @@ async fn pull(args: PullArgs) -> u8 {
             0
         }
         Err(e) => {
-            eprintln!("error: pull of {reference} failed: {}", chain(&e));
+            eprintln!("error: pull of {reference} failed: {}", agent::error_chain(&e));
             EXIT_RUNTIME
         }
     }
-}
-
-/// An error and its causes, `outer: inner: innermost`, so the root cause
-/// (such as "No space left on device") reaches the user.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 async fn images(args: ImagesArgs) -> u8 {
