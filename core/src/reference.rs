@@ -313,12 +313,14 @@ fn check_path(path: &str) -> Result<(), ReferenceError> {
         return Err(ReferenceError::Uppercase(path.to_owned()));
     }
     for component in path.split('/') {
-        check_component(component).map_err(err)?;
+        check_path_component(component).map_err(err)?;
     }
     Ok(())
 }
 
-fn check_component(c: &str) -> Result<(), &'static str> {
+/// Checks one `/`-separated repository path component against the distribution grammar
+/// `[a-z0-9]+ (('.' | '_' | '__' | '-'+) [a-z0-9]+)*`; the error names what is wrong.
+pub fn check_path_component(c: &str) -> Result<(), &'static str> {
     let b = c.as_bytes();
     if b.is_empty() {
         return Err("a path component is empty (leading, trailing or double '/')");

@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use preheat_core::reference::check_path_component;
 use preheat_core::Digest;
 
 use crate::error::ProxyError;
@@ -32,7 +33,7 @@ impl RepoName {
             return Err(err("the repository name is longer than 255 bytes"));
         }
         for c in s.split('/') {
-            check_component(c.as_bytes()).map_err(err)?;
+            check_path_component(c).map_err(err)?;
         }
         Ok(Self(s.to_owned()))
     }
@@ -46,33 +47,6 @@ impl fmt::Display for RepoName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-fn check_component(b: &[u8]) -> Result<(), &'static str> {
-    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
-    let (Some(&first), Some(&last)) = (b.first(), b.last()) else {
-        return Err("a path component is empty");
-    };
-    if !alnum(first) || !alnum(last) {
-        return Err("a path component must start and end with a lowercase letter or digit");
-    }
-    let mut i = 0;
-    while i < b.len() {
-        if alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < b.len() && !alnum(b[i]) {
-            i += 1;
-        }
-        let sep = &b[start..i];
-        let ok = matches!(sep, b"." | b"_" | b"__") || sep.iter().all(|&x| x == b'-');
-        if !ok {
-            return Err("only lowercase letters, digits and single separators are allowed");
-        }
-    }
-    Ok(())
 }
 
 /// What follows `/manifests/`: a tag or a digest.
