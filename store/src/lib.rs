@@ -32,6 +32,7 @@
 mod blobs;
 mod error;
 mod evict;
+mod hashes;
 mod images;
 mod partial;
 mod paths;
@@ -46,6 +47,7 @@ use tokio::sync::broadcast;
 
 pub use blobs::PartialInfo;
 pub use error::StoreError;
+pub use hashes::{ChunkHashes, ChunkWritten};
 pub use images::{ImageRecord, ImageStatus};
 pub use writer::BlobWriter;
 
@@ -90,6 +92,7 @@ struct Inner {
     max_bytes: Option<u64>,
     state: Mutex<State>,
     evictions: broadcast::Sender<Digest>,
+    chunks: broadcast::Sender<ChunkWritten>,
 }
 
 impl Inner {
@@ -120,6 +123,7 @@ impl Store {
             "store opened"
         );
         let (evictions, _) = broadcast::channel(1024);
+        let (chunks, _) = broadcast::channel(hashes::CHUNK_NOTICES);
         Ok(Store {
             inner: Arc::new(Inner {
                 paths,
@@ -127,6 +131,7 @@ impl Store {
                 max_bytes: cfg.max_bytes,
                 state: Mutex::new(state),
                 evictions,
+                chunks,
             }),
         })
     }
@@ -153,6 +158,13 @@ impl Store {
     /// Bounded: a receiver that lags loses the oldest notices.
     pub fn subscribe_evictions(&self) -> broadcast::Receiver<Digest> {
         self.inner.evictions.subscribe()
+    }
+
+    /// Every chunk stored into a partial blob from now on, by any writer (sequential registry
+    /// stream or swarm), after it was verified and made durable. Bounded: a receiver that lags
+    /// loses the oldest notices (and should re-read [`Store::chunk_hashes`]).
+    pub fn subscribe_chunks(&self) -> broadcast::Receiver<ChunkWritten> {
+        self.inner.chunks.subscribe()
     }
 
     /// Reserves `needed` bytes, evicting if the cap requires it.

@@ -317,6 +317,42 @@ impl Partial {
     }
 }
 
+impl Partial {
+    /// Replaces the layout of a partial that has no stored chunk (swarm mode, adopting a peer's
+    /// chunk size before its full index is known). Blocking.
+    pub fn set_layout(&self, paths: &Paths, layout: ChunkLayout) -> Result<(), StoreError> {
+        let digest = self.digest;
+        let mismatch = |reason| StoreError::IndexMismatch { digest, reason };
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&layout.chunk_size) {
+            return Err(mismatch("index chunk size is out of range"));
+        }
+        let _serial = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut st = self.lock();
+        if layout.size != st.layout.size {
+            return Err(mismatch("index has another blob size"));
+        }
+        if layout == st.layout {
+            return Ok(());
+        }
+        if st.bytes_done > 0 || st.index.is_some() {
+            return Err(mismatch("index chunk size differs from stored chunks"));
+        }
+        let meta = Meta {
+            blob: digest,
+            layout,
+            index: None,
+        };
+        write_meta(paths, &self.dir, &meta)?;
+        let log_path = partial_log(&self.dir);
+        self.log.set_len(0).at(&log_path)?;
+        *st = PartialState::new(layout, None);
+        Ok(())
+    }
+}
+
 fn write_meta(paths: &Paths, dir: &Path, meta: &Meta) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec(meta).map_err(|e| StoreError::corrupt(dir, e.to_string()))?;
     write_atomic(&paths.tmp_file("meta"), &paths::partial_meta(dir), &bytes)

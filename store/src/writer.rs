@@ -262,7 +262,18 @@ impl BlobWriter {
             };
         }
         let p = self.partial.clone();
-        let chunk = blocking(move || p.write_chunk(i, &chunk, hash).map(|()| chunk)).await?;
+        let inner = self.store.inner.clone();
+        // The notice goes out from the blocking task, so a cancelled caller cannot lose it.
+        let chunk = blocking(move || {
+            p.write_chunk(i, &chunk, hash)?;
+            let _ = inner.chunks.send(crate::ChunkWritten {
+                digest: p.digest,
+                chunk: i,
+                hash,
+            });
+            Ok(chunk)
+        })
+        .await?;
         self.done[i as usize] = true;
         self.bytes_done += chunk.len() as u64;
         if self.layout.offset(i) == self.hashed {
@@ -292,6 +303,30 @@ impl BlobWriter {
             self.sha = Hasher::new();
             self.hashed = 0;
         }
+        Ok(())
+    }
+
+    /// Adopts the chunk layout of a peer's provisional index (swarm mode, before its full index is
+    /// known). Allowed while no chunk is stored or when the layout is already this one.
+    pub async fn set_layout(&mut self, layout: ChunkLayout) -> Result<(), StoreError> {
+        if layout == self.layout {
+            return Ok(());
+        }
+        if !self.buf.is_empty() {
+            return Err(StoreError::IndexMismatch {
+                digest: self.digest,
+                reason: "index chunk size differs from the chunk being written",
+            });
+        }
+        let p = self.partial.clone();
+        let inner = self.store.inner.clone();
+        blocking(move || p.set_layout(&inner.paths, layout)).await?;
+        self.layout = layout;
+        self.done = vec![false; layout.count() as usize];
+        self.bytes_done = 0;
+        self.pos = 0;
+        self.sha = Hasher::new();
+        self.hashed = 0;
         Ok(())
     }
 

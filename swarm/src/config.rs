@@ -35,6 +35,9 @@ pub struct SwarmConfig {
     pub chunk_timeout: Duration,
     /// How long a bad-chunk sender stays banned.
     pub ban_duration: Duration,
+    /// A download fails when, this long, no chunk was stored, no hash learnt and no peer offered a
+    /// missing chunk (it waits that long for a provider that is still writing the blob).
+    pub stall_timeout: Duration,
     /// TEST ONLY: flip a bit in every chunk this node serves, to exercise bad-peer detection.
     /// Never set this outside tests.
     pub test_corrupt_uploads: bool,
@@ -64,6 +67,7 @@ impl Default for SwarmConfig {
             query_timeout: Duration::from_secs(10),
             chunk_timeout: Duration::from_secs(30),
             ban_duration: Duration::from_secs(600),
+            stall_timeout: Duration::from_secs(60),
             test_corrupt_uploads: false,
             test_forge_index: false,
         }

@@ -16,7 +16,7 @@ use tokio::task::AbortHandle;
 
 use crate::chunks::{self, Uploads};
 use crate::config::SwarmConfig;
-use crate::event_loop::{Command, EventLoop, CHANNEL};
+use crate::event_loop::{key, Command, EventLoop, CHANNEL};
 use crate::limits::ByteLimiter;
 use crate::metrics::Metrics;
 use crate::protocol::CHUNK_PROTOCOL;
@@ -70,7 +70,8 @@ pub(crate) struct Inner {
 
 impl Swarm {
     /// Starts a node serving `store`: loads or creates `<store dir>/identity.key`, listens, starts
-    /// the event loop, discovery and the chunk server, and re-announces the store's complete blobs.
+    /// the event loop, discovery and the chunk server, and re-announces the store's complete and
+    /// partial blobs.
     /// Metrics are registered in `registry`. Must be called inside a tokio runtime.
     pub async fn spawn(
         cfg: SwarmConfig,
@@ -152,7 +153,13 @@ impl Swarm {
                 event_loop: Mutex::new(Some(event_loop)),
             }),
         };
-        for d in handle.inner.store.complete_blobs() {
+        // Partial blobs too: their verified chunks are served, and a writer may resume them.
+        let store = &handle.inner.store;
+        for d in store
+            .complete_blobs()
+            .into_iter()
+            .chain(store.partial_blobs())
+        {
             handle.announce(d).await?;
         }
         Ok(handle)
@@ -170,8 +177,11 @@ impl SwarmHandle {
     }
 
     /// Fetches blob `digest` of `size` bytes from peers into the store, verified chunk by chunk
-    /// and by sha256 at the end. `NoProviders` when no peer offered it before `deadline`,
-    /// `Deadline` when peers had it but the download did not finish in time.
+    /// and by sha256 at the end. Peers still writing the blob (a registry pull, another fetch) are
+    /// followed: their provisional index is used and refreshed, and the fetch waits for chunks they
+    /// do not have yet. `NoProviders` when no peer offered it before `deadline`, `Stalled` when no
+    /// chunk, hash or availability arrived for `SwarmConfig::stall_timeout`, `Deadline` when the
+    /// download did not finish in time.
     pub async fn fetch_blob(
         &self,
         digest: Digest,
@@ -181,7 +191,9 @@ impl SwarmHandle {
         fetch::fetch(self, digest, size, deadline).await
     }
 
-    /// Advertises that this node provides `digest` (complete or being fetched).
+    /// Advertises that this node provides `digest`: complete, being fetched, or being written by
+    /// any `BlobWriter` of the store (call it right after creating the writer; chunks are served and
+    /// `Have`s pushed as they are stored). Withdraw it when the writer is discarded.
     pub async fn announce(&self, digest: Digest) -> Result<(), Error> {
         self.send(Command::Announce(digest)).await
     }
@@ -194,7 +206,7 @@ impl SwarmHandle {
     /// Peers the DHT lists as providers of `digest` (this node excluded).
     pub async fn providers(&self, digest: Digest) -> Result<Vec<PeerId>, Error> {
         self.ask(|reply| Command::Providers {
-            blob: digest,
+            key: key(&digest),
             reply,
         })
         .await

@@ -44,6 +44,7 @@ mod limits;
 mod metrics;
 pub mod protocol;
 mod source;
+mod tags;
 
 use std::path::PathBuf;
 
@@ -54,6 +55,7 @@ pub use config::SwarmConfig;
 pub use discovery::{parse_peer, to_multiaddr};
 pub use handle::{FetchReport, Swarm, SwarmHandle};
 pub use libp2p::{Multiaddr, PeerId};
+pub use tags::TagRecord;
 
 /// Errors of the swarm boundary.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,16 @@ pub enum Error {
     NoProviders { digest: Digest },
     #[error("fetching {digest} from peers did not finish before the deadline")]
     Deadline { digest: Digest },
+    #[error("fetching {digest} from peers stalled: no peer had the missing chunks for {waited:?}")]
+    Stalled {
+        digest: Digest,
+        waited: std::time::Duration,
+    },
+    #[error("invalid tag record for {reference}: {reason}")]
+    BadTag {
+        reference: String,
+        reason: &'static str,
+    },
     #[error("store error")]
     Store(#[from] StoreError),
     #[error("the swarm has stopped")]
@@ -94,6 +106,8 @@ impl Error {
             Self::Listen { .. } => "listen",
             Self::NoProviders { .. } => "no_providers",
             Self::Deadline { .. } => "deadline",
+            Self::Stalled { .. } => "stalled",
+            Self::BadTag { .. } => "bad_tag",
             Self::Store(_) => "store",
             Self::Stopped => "stopped",
         }

@@ -22,6 +22,7 @@ pub struct SourceLabels {
 pub enum FailReason {
     NoProviders,
     Deadline,
+    Stalled,
     Store,
     Stopped,
 }

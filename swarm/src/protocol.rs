@@ -12,7 +12,8 @@
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use preheat_core::bitfield::Bitfield;
-use preheat_core::{ChunkIndex, Digest};
+use preheat_core::chunk::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use preheat_core::{ChunkIndex, ChunkLayout, Digest};
 use serde::{Deserialize, Serialize};
 
 /// Kademlia protocol of the private DHT (never the public IPFS one).
@@ -30,11 +31,19 @@ pub const MAX_CTL_RESPONSE: u64 = 8 * 1024 * 1024;
 
 const CHUNK_VERSION: u8 = 1;
 
+/// Hashes a [`ProvisionalIndex`] answer carries at most (about 2.3 MiB of CBOR).
+pub const MAX_PROVISIONAL_HASHES: u32 = 65_536;
+
 /// A control request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CtlRequest {
-    /// The blake3 chunk index of a blob (complete or being fetched).
+    /// The full blake3 chunk index of a blob (complete, or being fetched with a known index).
     GetIndex { blob: Digest },
+    /// The chunk hashes the peer knows from chunk `from` on (a provisional index while the blob is
+    /// still being written, by the registry or the swarm); answered with `Provisional`.
+    GetProvisional { blob: Digest, from: u32 },
+    /// The tag record of a canonical image reference; answered with `Tag` or `NotFound`.
+    GetTag { reference: String },
     /// Which chunks the answering peer has; also subscribes the asker to `Have` pushes for a while.
     GetBitfield { blob: Digest },
     /// Push: the sender now has this chunk.
@@ -50,9 +59,111 @@ pub enum CtlResponse {
         chunks: u32,
         bits: Vec<u8>,
     },
+    Provisional(ProvisionalIndex),
+    Tag(TagWire),
     NotFound,
     Ack,
     Busy,
+}
+
+/// One blake3 chunk hash, encoded as a CBOR byte string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkHash(pub [u8; 32]);
+
+impl Serialize for ChunkHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = byte_buf::deserialize(d)?;
+        let a: [u8; 32] = v
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("chunk hash is not 32 bytes"))?;
+        Ok(Self(a))
+    }
+}
+
+/// The chunk hashes a peer knows for a blob, from chunk `from` on: a *claim*, like a full index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvisionalIndex {
+    pub blob: Digest,
+    pub layout: ChunkLayout,
+    pub from: u32,
+    /// Hashes of chunks `from..from + len`; `None` where the peer does not know it yet.
+    pub hashes: Vec<Option<ChunkHash>>,
+    /// The peer knows every hash of the blob (complete blob or a full index).
+    pub complete: bool,
+}
+
+/// A tag record on the wire: reference → manifest digest and bytes, with the publish time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagWire {
+    pub reference: String,
+    pub manifest: Digest,
+    pub media_type: String,
+    #[serde(with = "byte_buf")]
+    pub bytes: Vec<u8>,
+    /// Publisher's clock, milliseconds since the Unix epoch: the newest record wins.
+    pub published_ms: u64,
+}
+
+/// Largest manifest a tag record carries, and the caps on its strings.
+pub const MAX_TAG_BYTES: usize = 4 * 1024 * 1024;
+pub const MAX_REFERENCE_LEN: usize = 1024;
+pub const MAX_MEDIA_TYPE_LEN: usize = 256;
+
+/// Checks a tag record: bound to `reference`, within the caps, and `sha256(bytes) == manifest`.
+pub fn check_tag(t: &TagWire, reference: &str) -> Result<(), &'static str> {
+    if t.reference != reference {
+        return Err("record names another reference");
+    }
+    if reference.len() > MAX_REFERENCE_LEN || t.media_type.len() > MAX_MEDIA_TYPE_LEN {
+        return Err("reference or media type too long");
+    }
+    if t.bytes.len() > MAX_TAG_BYTES {
+        return Err("manifest larger than 4 MiB");
+    }
+    if Digest::of(&t.bytes) != t.manifest {
+        return Err("manifest bytes do not match the digest");
+    }
+    Ok(())
+}
+
+/// `Vec<u8>` as a CBOR byte string (serde's default is an array of integers, up to twice as big).
+mod byte_buf {
+    use serde::de::{SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0).min(4096));
+                while let Some(b) = a.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
 }
 
 /// Why a peer's control answer was rejected.
@@ -85,6 +196,39 @@ pub fn check_index(
                 return Err(ProtocolError::IndexMismatch);
             }
             Ok(idx)
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Checks a provisional index answer against the blob we asked for and the `from` we sent.
+pub fn check_provisional(
+    resp: CtlResponse,
+    blob: &Digest,
+    size: u64,
+    from: u32,
+) -> Result<ProvisionalIndex, ProtocolError> {
+    match resp {
+        CtlResponse::Provisional(p) => {
+            let cs = p.layout.chunk_size;
+            if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) {
+                return Err(ProtocolError::BadIndex(
+                    preheat_core::chunk::ChunkIndexError::ChunkSize(cs),
+                ));
+            }
+            if p.blob != *blob || p.layout.size != size || p.from != from {
+                return Err(ProtocolError::IndexMismatch);
+            }
+            let end = u64::from(p.from) + p.hashes.len() as u64;
+            if end > u64::from(p.layout.count()) {
+                return Err(ProtocolError::BadIndex(
+                    preheat_core::chunk::ChunkIndexError::HashCount {
+                        got: p.hashes.len(),
+                        want: p.layout.count().saturating_sub(p.from),
+                    },
+                ));
+            }
+            Ok(p)
         }
         other => Err(unexpected(other)),
     }

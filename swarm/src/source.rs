@@ -1,18 +1,41 @@
-//! Answers to control requests that need the store (complete blobs and partial ones that are not
-//! being fetched by this process's swarm, e.g. streamed from the registry).
+//! Answers to control requests that need the store: complete blobs and partial ones, whoever
+//! writes them (this process's swarm fetcher, or a registry pull streaming through a `BlobWriter`).
 
 use preheat_core::bitfield::Bitfield;
-use preheat_store::Store;
+use preheat_core::chunk::chunk_hash;
+use preheat_core::Digest;
+use preheat_store::{ChunkHashes, Store};
 
-use crate::protocol::{CtlRequest, CtlResponse};
+use crate::protocol::{
+    ChunkHash, CtlRequest, CtlResponse, ProvisionalIndex, MAX_PROVISIONAL_HASHES,
+};
 
 /// The answer to `req` from the store's point of view; `forge` is the test-only
 /// `SwarmConfig::test_forge_index`.
 pub async fn answer(store: &Store, req: &CtlRequest, forge: bool) -> CtlResponse {
     match req {
         CtlRequest::GetIndex { blob } => match store.chunk_index(blob).await {
-            Ok(Some(idx)) if forge => forged(store, idx).await,
-            Ok(Some(idx)) => CtlResponse::Index(idx),
+            Ok(Some(mut idx)) => {
+                if forge {
+                    let Some(h) = forged(store, blob).await else {
+                        return CtlResponse::NotFound;
+                    };
+                    idx.hashes = h;
+                }
+                CtlResponse::Index(idx)
+            }
+            _ => CtlResponse::NotFound,
+        },
+        CtlRequest::GetProvisional { blob, from } => match store.chunk_hashes(blob).await {
+            Ok(Some(mut known)) => {
+                if forge && known.complete {
+                    let Some(h) = forged(store, blob).await else {
+                        return CtlResponse::NotFound;
+                    };
+                    known.hashes = h.into_iter().map(Some).collect();
+                }
+                CtlResponse::Provisional(provisional(&known, *from))
+            }
             _ => CtlResponse::NotFound,
         },
         CtlRequest::GetBitfield { blob } => match bitfield(store, blob).await {
@@ -23,36 +46,46 @@ pub async fn answer(store: &Store, req: &CtlRequest, forge: bool) -> CtlResponse
             None => CtlResponse::NotFound,
         },
         CtlRequest::Have { .. } => CtlResponse::Ack,
+        // Tags live in the event loop, not in the store.
+        CtlRequest::GetTag { .. } => CtlResponse::NotFound,
     }
 }
 
-/// Test only: the index of the chunks as `test_corrupt_uploads` serves them (first byte flipped).
-async fn forged(store: &Store, mut idx: preheat_core::ChunkIndex) -> CtlResponse {
+/// The page of `known` from chunk `from` on, at most `MAX_PROVISIONAL_HASHES` hashes.
+fn provisional(known: &ChunkHashes, from: u32) -> ProvisionalIndex {
+    let start = (from as usize).min(known.hashes.len());
+    let end = start
+        .saturating_add(MAX_PROVISIONAL_HASHES as usize)
+        .min(known.hashes.len());
+    ProvisionalIndex {
+        blob: known.blob,
+        layout: known.layout,
+        from: u32::try_from(start).unwrap_or(u32::MAX),
+        hashes: known.hashes[start..end]
+            .iter()
+            .map(|h| h.map(ChunkHash))
+            .collect(),
+        complete: known.complete,
+    }
+}
+
+/// Test only: the hashes of the chunks as `test_corrupt_uploads` serves them (first byte flipped).
+async fn forged(store: &Store, blob: &Digest) -> Option<Vec<[u8; 32]>> {
+    let idx = store.chunk_index(blob).await.ok()??;
+    let mut out = Vec::with_capacity(idx.hashes.len());
     for i in 0..idx.layout.count() {
-        let Ok(data) = store.read_chunk(&idx.blob, i).await else {
-            return CtlResponse::NotFound;
-        };
-        let mut bad = data.to_vec();
+        let mut bad = store.read_chunk(blob, i).await.ok()?.to_vec();
         if let Some(b) = bad.first_mut() {
             *b ^= 0x01;
         }
-        if let Some(h) = idx.hashes.get_mut(i as usize) {
-            *h = preheat_core::chunk::chunk_hash(&bad);
-        }
+        out.push(chunk_hash(&bad));
     }
-    CtlResponse::Index(idx)
+    Some(out)
 }
 
 /// Which chunks of `blob` the store can serve: all of a complete blob, the verified ones of a
-/// partial blob whose chunk index is known (without it a peer could not check them).
-pub async fn bitfield(store: &Store, blob: &preheat_core::Digest) -> Option<Bitfield> {
-    if store.contains(blob).await {
-        let idx = store.chunk_index(blob).await.ok()??;
-        return Some(Bitfield::full(idx.layout.count()));
-    }
-    let p = store.partial(blob).await.ok()??;
-    if !p.has_index {
-        return None;
-    }
-    Some(Bitfield::from_bools(&p.done))
+/// partial blob (a peer checks them against the hashes of our provisional index).
+pub async fn bitfield(store: &Store, blob: &Digest) -> Option<Bitfield> {
+    let known = store.chunk_hashes(blob).await.ok()??;
+    Some(Bitfield::from_bools(&known.stored))
 }

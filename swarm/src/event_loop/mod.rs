@@ -12,18 +12,20 @@ use libp2p::metrics::Recorder;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{identify, Multiaddr, PeerId, Swarm};
-use preheat_core::bitfield::Bitfield;
-use preheat_core::{ChunkIndex, Digest};
-use preheat_store::Store;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use preheat_core::Digest;
+use preheat_store::{ChunkWritten, Store};
+use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::config::SwarmConfig;
 use crate::metrics::{LookupLabels, LookupResult, Metrics};
-use crate::protocol::{CtlRequest, CtlResponse, IDENTIFY_PROTOCOL};
+use crate::protocol::{CtlRequest, CtlResponse, TagWire, IDENTIFY_PROTOCOL};
 use crate::{discovery, source};
 
 mod dial;
+mod tags;
+
+pub(crate) use tags::tag_key;
 
 /// Capacity of the command and internal channels.
 pub const CHANNEL: usize = 256;
@@ -39,9 +41,16 @@ pub const HAVE_QUEUE: usize = 1024;
 pub(crate) enum Command {
     Announce(Digest),
     Withdraw(Digest),
+    /// Providers of a Kademlia key (a blob's, or a tag's [`tag_key`]).
     Providers {
-        blob: Digest,
+        key: RecordKey,
         reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    /// Keep a (checked) tag record, answer `GetTag` with it and provide its key.
+    PublishTag(TagWire),
+    LocalTag {
+        reference: String,
+        reply: oneshot::Sender<Option<TagWire>>,
     },
     /// `None` in the reply: the request failed (timeout, connection, protocol).
     Ctl {
@@ -51,19 +60,12 @@ pub(crate) enum Command {
     },
     ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
-    /// A fetch in progress: we answer index and bitfield for it and route `Have`s to it.
+    /// A fetch in progress: `Have`s peers push for its blob are routed to it.
     Register {
         blob: Digest,
-        index: Arc<ChunkIndex>,
-        have: Bitfield,
         events: mpsc::Sender<(PeerId, u32)>,
     },
     Unregister(Digest),
-    /// We verified a chunk: record it and push `Have` to subscribers.
-    LocalHave {
-        blob: Digest,
-        chunk: u32,
-    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -76,8 +78,6 @@ pub(crate) enum Internal {
 }
 
 struct Active {
-    index: Arc<ChunkIndex>,
-    have: Bitfield,
     events: mpsc::Sender<(PeerId, u32)>,
 }
 
@@ -88,6 +88,9 @@ pub(crate) struct EventLoop {
     metrics: Metrics,
     p2p_metrics: libp2p::metrics::Metrics,
     cmds: mpsc::Receiver<Command>,
+    /// Chunks stored by any writer of the store: pushed as `Have` to subscribers.
+    stored: broadcast::Receiver<ChunkWritten>,
+    tags: tags::TagTable,
     internal_tx: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
     answer_slots: Arc<Semaphore>,
@@ -116,6 +119,8 @@ impl EventLoop {
         Self {
             swarm,
             cfg,
+            stored: store.subscribe_chunks(),
+            tags: tags::TagTable::default(),
             store,
             metrics,
             p2p_metrics,
@@ -149,6 +154,14 @@ impl EventLoop {
                     None => break,
                 },
                 Some(i) = self.internal_rx.recv() => self.on_internal(i),
+                r = self.stored.recv() => match r {
+                    Ok(c) => self.local_have(c.digest, c.chunk),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(missed = n, "chunk notices lost; peers repair by bitfield");
+                    }
+                    // The store (held by `self.store`) owns the sender, so this cannot happen.
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
                 _ = discover.tick() => self.discover(),
                 _ = prune.tick() => self.prune_subscriptions(),
             }
@@ -164,9 +177,19 @@ impl EventLoop {
                 }
             }
             Command::Withdraw(d) => self.swarm.behaviour_mut().kad.stop_providing(&key(&d)),
-            Command::Providers { blob, reply } => {
-                let id = self.swarm.behaviour_mut().kad.get_providers(key(&blob));
+            Command::Providers { key, reply } => {
+                let id = self.swarm.behaviour_mut().kad.get_providers(key);
                 self.lookups.insert(id, (reply, Instant::now()));
+            }
+            Command::PublishTag(t) => {
+                let k = tag_key(&t.reference);
+                self.tags.insert(t);
+                if let Err(error) = self.swarm.behaviour_mut().kad.start_providing(k) {
+                    tracing::warn!(%error, "cannot announce tag record");
+                }
+            }
+            Command::LocalTag { reference, reply } => {
+                let _ = reply.send(self.tags.get(&reference).cloned());
             }
             Command::Ctl { peer, req, reply } => {
                 let id = self.swarm.behaviour_mut().ctl.send_request(&peer, req);
@@ -178,25 +201,12 @@ impl EventLoop {
             Command::ListenAddrs(reply) => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
-            Command::Register {
-                blob,
-                index,
-                have,
-                events,
-            } => {
-                self.active.insert(
-                    blob,
-                    Active {
-                        index,
-                        have,
-                        events,
-                    },
-                );
+            Command::Register { blob, events } => {
+                self.active.insert(blob, Active { events });
             }
             Command::Unregister(blob) => {
                 self.active.remove(&blob);
             }
-            Command::LocalHave { blob, chunk } => self.local_have(blob, chunk),
             Command::Shutdown(_) => {}
         }
     }
@@ -214,9 +224,6 @@ impl EventLoop {
     }
 
     fn local_have(&mut self, blob: Digest, chunk: u32) {
-        if let Some(a) = self.active.get_mut(&blob) {
-            a.have.set(chunk);
-        }
         let now = Instant::now();
         let Some(subs) = self.subs.get(&blob) else {
             return;
@@ -269,18 +276,17 @@ impl EventLoop {
                 }
                 Some(CtlResponse::Ack)
             }
-            CtlRequest::GetIndex { blob } => self
-                .active
-                .get(blob)
-                .map(|a| CtlResponse::Index(ChunkIndex::clone(&a.index))),
+            CtlRequest::GetTag { reference } => Some(
+                self.tags
+                    .get(reference)
+                    .cloned()
+                    .map_or(CtlResponse::NotFound, CtlResponse::Tag),
+            ),
             CtlRequest::GetBitfield { blob } => {
-                let blob = *blob;
-                self.subscribe(peer, blob);
-                self.active.get(&blob).map(|a| CtlResponse::Bitfield {
-                    chunks: a.have.len(),
-                    bits: a.have.to_bytes(),
-                })
+                self.subscribe(peer, *blob);
+                None
             }
+            CtlRequest::GetIndex { .. } | CtlRequest::GetProvisional { .. } => None,
         };
         if let Some(resp) = immediate {
             let _ = self.swarm.behaviour_mut().ctl.send_response(channel, resp);
