@@ -18,12 +18,18 @@ declare -A PKGS=(
   [ctr]=containerd
   [dockerd]=docker.io
   [tc]=iproute2
+  [promtool]=prometheus
+  [go]=golang-go
+  [kubectl]=kubernetes-client
 )
 
 missing=()
 for cmd in "${!PKGS[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${PKGS[$cmd]}")
 done
+# Go libraries scripts/check-deploy.sh builds its Helm template renderer from (GOPATH mode).
+[ -d /usr/share/gocode/src/github.com/Masterminds/sprig ] || missing+=(golang-github-masterminds-sprig-dev)
+[ -d /usr/share/gocode/src/sigs.k8s.io/yaml ] || missing+=(golang-k8s-sigs-yaml-dev)
 
 if ((${#missing[@]})); then
   echo "install-deps: installing ${missing[*]}"
@@ -34,5 +40,10 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Kubernetes OpenAPI schemas for scripts/check-deploy.sh (PyPI; pulls in jsonschema and PyYAML).
+if ! python3 -m pip show kubernetes-validate 2>/dev/null | grep -qx 'Version: 1.37.0'; then
+  echo "install-deps: pip installing kubernetes-validate==1.37.0"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore kubernetes-validate==1.37.0
 fi
 echo "install-deps: ok"
