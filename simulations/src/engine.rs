@@ -1,0 +1,425 @@
+//! The event loop: per node and blob one real [`Transfer`] from preheat-core, fed chunk
+//! completions, busy answers and peer updates in virtual time; its actions become flows in the
+//! [`Net`]. One node (the elected puller) downloads from the origin; every other node fetches
+//! chunks only from peers that announced them, as production does.
+//!
+//! Invariants: events at equal times run in insertion order and every random choice comes from
+//! the one seeded RNG, so a config and a seed give one result.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+use preheat_core::bitfield::Bitfield;
+use preheat_core::picker::Policy;
+use preheat_core::transfer::{Action, Transfer, TransferConfig};
+use preheat_core::ChunkLayout;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::config::{SimConfig, StartPattern, Victim};
+use crate::net::{ns, FlowId, Net};
+use crate::report::{NodeResult, SimResult};
+use crate::SimError;
+
+mod flows;
+mod peers;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Start(u32),
+    /// A chunk request reaches its uploader.
+    Arrive(Req),
+    /// The uploader refused (busy) or was gone.
+    Refused(Req, bool),
+    FlowDone(FlowId, u64),
+    Wake(u32, u16),
+    Refresh(u32, u16),
+    Kill(usize),
+    Takeover,
+}
+
+/// A chunk request: downloader, blob, uploader, chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Req {
+    dst: u32,
+    blob: u16,
+    src: u32,
+    chunk: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ReqState {
+    Travelling,
+    Flowing(FlowId),
+}
+
+#[derive(Debug, Default)]
+struct Download {
+    t: Option<Transfer<u32>>,
+    /// Nodes tracking this node as a peer of this blob (they get its `Have`s).
+    subs: Vec<u32>,
+    wake: Option<u64>,
+    done: bool,
+    /// Peers that answered busy, and until when the transfer leaves them alone (mirrors its
+    /// `busy_backoff`, so a `Have` from such a peer need not wake the transfer).
+    busy_until: HashMap<u32, u64>,
+}
+
+#[derive(Debug)]
+struct NodeSim {
+    alive: bool,
+    start: Option<u64>,
+    done: Option<u64>,
+    next_blob: usize,
+    active: usize,
+    dl: Vec<Download>,
+    received: u64,
+}
+
+/// A simulation in progress; [`run`] is the usual entry point.
+pub struct Sim {
+    cfg: SimConfig,
+    rng: StdRng,
+    net: Net,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    nodes: Vec<NodeSim>,
+    layouts: Vec<ChunkLayout>,
+    origin: u32,
+    puller: Option<u32>,
+    reqs: HashMap<Req, ReqState>,
+    /// Per blob: nodes downloading or holding it (candidates), and those with at least one chunk.
+    registered: Vec<Vec<u32>>,
+    providers: Vec<Vec<u32>>,
+    waves: Vec<Vec<u32>>,
+    wave: usize,
+    base: Instant,
+    events: u64,
+    /// Nodes done or killed.
+    settled: usize,
+}
+
+/// Runs `cfg` to the end: every live node has the image or nothing can change any more.
+pub fn run(cfg: &SimConfig) -> Result<SimResult, SimError> {
+    let mut sim = Sim::new(cfg.clone())?;
+    sim.run_to_end();
+    Ok(sim.result())
+}
+
+impl Sim {
+    pub fn new(cfg: SimConfig) -> Result<Self, SimError> {
+        cfg.validate()?;
+        let n = cfg.nodes.len();
+        let origin = u32::try_from(n).map_err(|_| SimError::Invalid("too many nodes"))?;
+        let mut links: Vec<(f64, f64)> = cfg.nodes.iter().map(|l| (l.up, l.down)).collect();
+        links.push((cfg.origin_up, f64::INFINITY));
+        let layouts = cfg
+            .layers
+            .iter()
+            .map(|&s| ChunkLayout::new(s, cfg.chunk_size))
+            .collect();
+        let mut rng = StdRng::seed_from_u64(cfg.seed);
+        let mut order: Vec<u32> = (0..origin).collect();
+        // The elected puller: one node chosen by the seed, in the first wave.
+        let puller = rng.gen_range(0..origin);
+        order.swap(0, puller as usize);
+        let per_wave = match cfg.start {
+            StartPattern::AllAtOnce => n,
+            // In (0, 1] by validation, so the product is in [0, n].
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            StartPattern::Rolling { fraction } => ((n as f64 * fraction).ceil() as usize).max(1),
+        };
+        let waves = order.chunks(per_wave).map(<[u32]>::to_vec).collect();
+        let blobs = cfg.layers.len();
+        let nodes = (0..n)
+            .map(|_| NodeSim {
+                alive: true,
+                start: None,
+                done: None,
+                next_blob: 0,
+                active: 0,
+                dl: (0..blobs).map(|_| Download::default()).collect(),
+                received: 0,
+            })
+            .collect();
+        let mut sim = Self {
+            net: Net::new(&links),
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            layouts,
+            origin,
+            puller: Some(puller),
+            reqs: HashMap::new(),
+            registered: vec![Vec::new(); blobs],
+            providers: vec![Vec::new(); blobs],
+            waves,
+            wave: 0,
+            base: Instant::now(),
+            events: 0,
+            settled: 0,
+            cfg,
+        };
+        sim.start_wave(0);
+        for (i, c) in sim.cfg.churn.clone().iter().enumerate() {
+            sim.push(ns(c.at), Ev::Kill(i));
+        }
+        Ok(sim)
+    }
+
+    pub fn run_to_end(&mut self) {
+        let horizon = u64::try_from(self.cfg.horizon.as_nanos()).unwrap_or(u64::MAX);
+        while let Some(Reverse((t, _, ev))) = self.queue.pop() {
+            if t > horizon {
+                break;
+            }
+            self.now = t;
+            self.events += 1;
+            self.handle(ev);
+            if self.settled == self.nodes.len() && self.wave_done() {
+                break;
+            }
+        }
+    }
+
+    fn wave_done(&self) -> bool {
+        self.wave + 1 >= self.waves.len()
+    }
+
+    fn push(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, ev)));
+    }
+
+    fn instant(&self) -> Instant {
+        self.base + Duration::from_nanos(self.now)
+    }
+
+    fn half_rtt(&self) -> u64 {
+        u64::try_from(self.cfg.rtt.as_nanos() / 2).unwrap_or(u64::MAX)
+    }
+
+    fn start_wave(&mut self, w: usize) {
+        self.wave = w;
+        let nodes = self.waves.get(w).cloned().unwrap_or_default();
+        for n in nodes {
+            self.push(self.now, Ev::Start(n));
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Start(n) => {
+                if self.nodes[n as usize].alive {
+                    self.nodes[n as usize].start = Some(self.now);
+                    self.start_blobs(n);
+                }
+            }
+            Ev::Arrive(r) => self.arrive(r),
+            Ev::Refused(r, busy) => {
+                if self.reqs.remove(&r).is_some() {
+                    let now = self.instant();
+                    if let Some(t) = self.transfer(r.dst, r.blob) {
+                        if busy {
+                            t.on_busy(r.src, r.chunk, now);
+                            let until = self.now
+                                + u64::try_from(self.cfg.transfer.busy_backoff.as_nanos())
+                                    .unwrap_or(u64::MAX);
+                            self.nodes[r.dst as usize].dl[usize::from(r.blob)]
+                                .busy_until
+                                .insert(r.src, until);
+                        } else {
+                            t.on_failure(r.src, r.chunk, now);
+                        }
+                    }
+                    self.drive(r.dst, r.blob);
+                }
+            }
+            Ev::FlowDone(f, generation) => self.flow_done(f, generation),
+            Ev::Wake(n, b) => {
+                let d = &mut self.nodes[n as usize].dl[usize::from(b)];
+                if d.wake == Some(self.now) {
+                    d.wake = None;
+                }
+                self.drive(n, b);
+            }
+            Ev::Refresh(n, b) => self.refresh(n, b),
+            Ev::Kill(i) => self.kill(i),
+            Ev::Takeover => self.takeover(),
+        }
+    }
+
+    fn transfer(&mut self, n: u32, b: u16) -> Option<&mut Transfer<u32>> {
+        let node = self.nodes.get_mut(n as usize)?;
+        if !node.alive {
+            return None;
+        }
+        node.dl.get_mut(usize::from(b))?.t.as_mut()
+    }
+
+    /// Starts blobs on node `n` up to `parallel_blobs` at once.
+    fn start_blobs(&mut self, n: u32) {
+        while self.nodes[n as usize].active < self.cfg.parallel_blobs
+            && self.nodes[n as usize].next_blob < self.layouts.len()
+        {
+            let node = &mut self.nodes[n as usize];
+            let b = node.next_blob;
+            node.next_blob += 1;
+            node.active += 1;
+            let layout = self.layouts[b];
+            let blob = u16::try_from(b).unwrap_or(u16::MAX);
+            let is_puller = self.puller == Some(n);
+            let cfg = if is_puller {
+                self.puller_config()
+            } else {
+                self.cfg.transfer.clone()
+            };
+            let Ok(mut t) = Transfer::new(layout, Bitfield::new(layout.count()), cfg) else {
+                continue;
+            };
+            if is_puller {
+                // The full bitfield has the layout's length, so this cannot fail.
+                let _ = t.add_peer(self.origin, Bitfield::full(layout.count()));
+            } else {
+                let at = self.now + u64::try_from(self.cfg.dht_lookup.as_nanos()).unwrap_or(0);
+                self.push(at, Ev::Refresh(n, blob));
+            }
+            self.nodes[n as usize].dl[b].t = Some(t);
+            self.registered[b].push(n);
+            self.drive(n, blob);
+        }
+    }
+
+    /// The origin pull: a pipelined sequential stream per blob.
+    fn puller_config(&self) -> TransferConfig {
+        TransferConfig {
+            max_in_flight_per_peer: self.cfg.origin_streams,
+            max_in_flight_total: self
+                .cfg
+                .origin_streams
+                .max(self.cfg.transfer.max_in_flight_total),
+            policy: Policy::Sequential,
+            ..self.cfg.transfer.clone()
+        }
+    }
+
+    /// Polls the transfer of `(n, b)` and carries out its actions.
+    fn drive(&mut self, n: u32, b: u16) {
+        let now = self.instant();
+        let Some(node) = self.nodes.get_mut(n as usize).filter(|n| n.alive) else {
+            return;
+        };
+        let Some(t) = node.dl.get_mut(usize::from(b)).and_then(|d| d.t.as_mut()) else {
+            return;
+        };
+        let actions = t.poll(now, &mut self.rng);
+        let deadline = t.next_deadline();
+        for a in actions {
+            match a {
+                Action::Request { peer, chunk } => {
+                    let r = Req {
+                        dst: n,
+                        blob: b,
+                        src: peer,
+                        chunk,
+                    };
+                    self.reqs.insert(r, ReqState::Travelling);
+                    self.push(self.now + self.half_rtt(), Ev::Arrive(r));
+                }
+                Action::Cancel { peer, chunk } => {
+                    let r = Req {
+                        dst: n,
+                        blob: b,
+                        src: peer,
+                        chunk,
+                    };
+                    if let Some(ReqState::Flowing(f)) = self.reqs.remove(&r) {
+                        self.end_flow(f, false);
+                    }
+                }
+                Action::Ban { .. } => {}
+                Action::Complete => self.blob_complete(n, b),
+            }
+        }
+        if let Some(d) = deadline {
+            let at = u64::try_from(d.saturating_duration_since(self.base).as_nanos())
+                .unwrap_or(u64::MAX);
+            let dl = &mut self.nodes[n as usize].dl[usize::from(b)];
+            if dl.wake.is_none_or(|w| at < w || w < self.now) {
+                dl.wake = Some(at);
+                self.push(at, Ev::Wake(n, b));
+            }
+        }
+    }
+
+    fn blob_complete(&mut self, n: u32, b: u16) {
+        let node = &mut self.nodes[n as usize];
+        let d = &mut node.dl[usize::from(b)];
+        if d.done {
+            return;
+        }
+        d.done = true;
+        node.active -= 1;
+        if node.dl.iter().all(|d| d.done) {
+            node.done = Some(self.now);
+            self.settled += 1;
+            self.node_finished();
+        } else {
+            self.start_blobs(n);
+        }
+    }
+
+    /// A node completed or died: the next rolling wave starts once this one is through.
+    fn node_finished(&mut self) {
+        let through = self.waves.get(self.wave).is_some_and(|w| {
+            w.iter()
+                .all(|&n| !self.nodes[n as usize].alive || self.nodes[n as usize].done.is_some())
+        });
+        if through && !self.wave_done() {
+            self.start_wave(self.wave + 1);
+        }
+    }
+
+    pub fn result(&self) -> SimResult {
+        let secs = |t: u64| t as f64 / 1e9;
+        let nodes = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeResult {
+                start: n.start.map_or(0.0, secs),
+                done: n.done.map(secs),
+                killed: !n.alive,
+                puller: u32::try_from(i).ok() == self.puller,
+                received: n.received,
+                sent: self.net.sent[i],
+            })
+            .collect();
+        let mut stats = crate::report::Counters::default();
+        for d in self.nodes.iter().flat_map(|n| &n.dl) {
+            if let Some(t) = &d.t {
+                let st = t.stats();
+                stats.requests += st.requests;
+                stats.busy += st.busy;
+                stats.timeouts += st.timeouts;
+                stats.failures += st.failures;
+                stats.duplicates += st.duplicates;
+            }
+        }
+        SimResult::new(
+            &self.cfg,
+            stats,
+            nodes,
+            self.net.sent[self.origin as usize],
+            self.events,
+            matches!(
+                self.cfg.churn.first().map(|c| c.victim),
+                Some(Victim::Puller)
+            ),
+        )
+    }
+}
