@@ -44,6 +44,8 @@ pub struct SwarmConfig {
     /// TEST ONLY: answer `GetIndex` with the hashes of the corrupted chunks `test_corrupt_uploads`
     /// serves: a consistent forger whose chunks pass blake3 but fail the final sha256.
     pub test_forge_index: bool,
+    /// TEST ONLY: answer `GetTag` with manifest bytes that do not match the record's digest.
+    pub test_forge_tags: bool,
 }
 
 impl Default for SwarmConfig {
@@ -70,6 +72,7 @@ impl Default for SwarmConfig {
             stall_timeout: Duration::from_secs(60),
             test_corrupt_uploads: false,
             test_forge_index: false,
+            test_forge_tags: false,
         }
     }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
+use libp2p::PeerId;
 use preheat_core::Digest;
 
 use crate::event_loop::{tag_key, Command};
@@ -65,6 +66,15 @@ impl SwarmHandle {
         self.send(Command::PublishTag(wire)).await
     }
 
+    /// Peers that advertise a record of `reference` (this node excluded).
+    pub async fn tag_providers(&self, reference: &str) -> Result<Vec<PeerId>, Error> {
+        self.ask(|reply| Command::Providers {
+            key: tag_key(reference),
+            reply,
+        })
+        .await
+    }
+
     /// The newest valid record of `reference` that this node or a peer publishes, `None` if none
     /// arrived within `timeout`. Forged or oversized answers are dropped.
     pub async fn resolve_tag(
@@ -79,10 +89,7 @@ impl SwarmHandle {
                 reply,
             })
             .await?;
-        let lookup = self.ask(|reply| Command::Providers {
-            key: tag_key(reference),
-            reply,
-        });
+        let lookup = self.tag_providers(reference);
         let providers = match tokio::time::timeout_at(until, lookup).await {
             Ok(p) => p?,
             Err(_) => Vec::new(),

@@ -276,12 +276,13 @@ impl EventLoop {
                 }
                 Some(CtlResponse::Ack)
             }
-            CtlRequest::GetTag { reference } => Some(
-                self.tags
-                    .get(reference)
-                    .cloned()
-                    .map_or(CtlResponse::NotFound, CtlResponse::Tag),
-            ),
+            CtlRequest::GetTag { reference } => {
+                let mut t = self.tags.get(reference).cloned();
+                if let (Some(t), true) = (&mut t, self.cfg.test_forge_tags) {
+                    t.bytes.push(b' ');
+                }
+                Some(t.map_or(CtlResponse::NotFound, CtlResponse::Tag))
+            }
             CtlRequest::GetBitfield { blob } => {
                 self.subscribe(peer, *blob);
                 None
