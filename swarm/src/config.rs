@@ -41,8 +41,9 @@ pub struct SwarmConfig {
     /// TEST ONLY: flip a bit in every chunk this node serves, to exercise bad-peer detection.
     /// Never set this outside tests.
     pub test_corrupt_uploads: bool,
-    /// TEST ONLY: answer `GetIndex` with the hashes of the corrupted chunks `test_corrupt_uploads`
-    /// serves: a consistent forger whose chunks pass blake3 but fail the final sha256.
+    /// TEST ONLY: answer `GetIndex`/`GetProvisional` with the hashes of the corrupted chunks
+    /// `test_corrupt_uploads` serves: a consistent forger whose chunks pass blake3 but fail the
+    /// final sha256.
     pub test_forge_index: bool,
     /// TEST ONLY: answer `GetTag` with manifest bytes that do not match the record's digest.
     pub test_forge_tags: bool,

@@ -1,12 +1,14 @@
 //! The libp2p overlay of image-preheat: nodes find each other (static list, DNS), advertise the
-//! blobs they hold or are fetching as Kademlia provider records, and download a blob's chunks from
-//! several peers at once, verified, while serving what they have.
+//! blobs they hold or are writing as Kademlia provider records, and download a blob's chunks from
+//! several peers at once, verified, while serving what they have. A blob still being written (by a
+//! registry pull through a `BlobWriter`, or by a swarm fetch) is served and followed chunk by chunk.
+//! Tag records (reference → manifest digest and bytes) are published and resolved the same way.
 //!
 //! ```text
 //!  SwarmHandle (Clone) ──bounded mpsc + oneshot──► event loop task (owns libp2p::Swarm)
-//!      │ fetch_blob                                  │ kad: providers, start/stop_providing
-//!      ▼                                             │ ctl: GetIndex / GetBitfield / Have (CBOR, capped)
-//!  fetch task: core::transfer::Transfer              │ identify → routing table; discovery → dial
+//!      │ fetch_blob                                  │ kad: providers (blobs, tags), start/stop_providing
+//!      ▼                                             │ ctl: GetProvisional / GetBitfield / Have / GetTag
+//!  fetch task: core::transfer::Transfer              │ Store::subscribe_chunks ─► Have to subscribers
 //!      │ Request{peer,chunk} ──► libp2p-stream ──────┼──► peer's accept loop → one task per stream
 //!      │ ◄── [status][len][bytes] (≤ one chunk)      │      store.read_chunk → governor → socket
 //!      ▼                                             ▼
@@ -14,23 +16,30 @@
 //! ```
 //!
 //! Trust chain. The caller asks for a blob by its sha256 digest (taken from a manifest whose own
-//! digest it verified). The chunk index (one blake3 hash per chunk) comes from some peer and is only
-//! a *claim* until the whole blob hashed to the digest asked for:
-//! - the index must name that digest and size ([`protocol::check_index`]); shape is validated;
-//! - each chunk is checked against the index's blake3 hash before it is stored
-//!   (`BlobWriter::write_chunk`): with an honest index a peer serving a bad chunk is caught at once,
-//!   the chunk re-requested elsewhere and the sender banned (by the transfer and node-wide);
-//! - a forged index (hashes of other data) passes chunk checks but fails the final sha256 in
-//!   `BlobWriter::finish`: the partial is discarded, the index source is banned and the download
-//!   restarts with an index from another peer. If several peers' chunks fail one index, the index
-//!   itself is suspect: it is dropped and fetched from another source.
+//! digest it verified). The chunk index (one blake3 hash per chunk) comes from peers and is only a
+//! *claim* until the whole blob hashed to the digest asked for. A *provisional* index — the hashes a
+//! peer knows so far of a blob it is still writing, plus a `complete` flag — is a claim like any
+//! other: its pages are merged only when they agree with every hash already known, and it is
+//! refreshed (from the peer offering the chunks) when chunks beyond it become available.
+//! - the index must name that digest and size ([`protocol::check_provisional`]); shape is validated;
+//! - each chunk is checked against its claimed blake3 hash before it is stored
+//!   (`BlobWriter::write_chunk`), and requested only once its hash is known: with an honest index a
+//!   peer serving a bad chunk is caught at once, the chunk re-requested elsewhere and the sender
+//!   banned (by the transfer and node-wide);
+//! - a forged index, provisional or full (hashes of other data), passes chunk checks but fails the
+//!   final sha256 in `BlobWriter::finish`: the partial is discarded, every peer whose answer
+//!   contributed hashes is banned, and the download restarts with an index from another peer. If
+//!   several peers' chunks fail one index, the index itself is suspect: it is dropped and fetched
+//!   from another source.
 //!
 //! So nothing unverified is ever served as a complete blob; partial chunks we serve to others were
-//! verified against an index that the receiver checks again at its own end.
+//! verified against an index that the receiver checks again at its own end. A tag record is
+//! accepted only when `sha256(bytes)` equals its manifest digest (see `tags`).
 //!
 //! Invariants: one task owns the swarm; every channel, queue, subscription table and message size is
 //! bounded; a download holds at most `max_requests` chunks in memory; uploads beyond `max_uploads`
-//! are answered `Busy` instead of queueing; the chunk accept loop only spawns.
+//! are answered `Busy` instead of queueing; the chunk accept loop only spawns; a download waits for
+//! a provider that is still writing at most `stall_timeout` without any progress.
 
 mod behaviour;
 mod chunks;

@@ -1,6 +1,12 @@
 //! Wire protocol: protocol names, size-capped control messages (request-response, CBOR) and the
 //! binary framing of bulk chunk streams.
 //!
+//! Control: `GetProvisional{blob, from}` → `Provisional` (the chunk hashes the peer knows from
+//! `from` on, ≤ 65 536 per answer, and whether it knows them all); `GetBitfield` → `Bitfield` (and a
+//! 30 s subscription to `Have` pushes, sent for every chunk the peer's store gets, whoever wrote
+//! it); `GetTag{reference}` → `Tag` (manifest bytes ≤ 4 MiB as a CBOR byte string); `GetIndex` →
+//! `Index` (full index only).
+//!
 //! Chunk stream (one request per libp2p stream):
 //! ```text
 //! downloader → server:  [version u8 = 1][blob sha256: 32 bytes][chunk: u32 BE]
