@@ -176,3 +176,60 @@ async fn a_writer_discarded_halfway_stalls_the_leechers_without_a_corrupt_blob()
         n.handle.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_re_announces_its_partial_and_leechers_follow_the_resumed_pull() {
+    let data = random_blob(CHUNKS * CHUNK as usize);
+    let d = Digest::of(&data);
+    let size = data.len() as u64;
+    // A pull interrupted by a restart: a third of the blob is in the store, no swarm ran yet.
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::store(dir.path()).await;
+    let mut w = store.writer(d, size).await.unwrap();
+    stream(&mut w, &data, 0, CHUNKS / 3).await;
+    drop(w);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let puller = preheat_swarm::Swarm::spawn(config(vec![]), store.clone(), &mut registry)
+        .await
+        .unwrap();
+    let addr = puller.listen_addrs().await.unwrap()[0].clone();
+    let leecher = node(config(vec![addr]), &[]).await;
+    wait_connected(&[&leecher.handle], 1).await;
+
+    let until = Instant::now() + Duration::from_secs(20);
+    while !leecher
+        .handle
+        .providers(d)
+        .await
+        .unwrap()
+        .contains(&puller.local_peer_id())
+    {
+        assert!(Instant::now() < until, "the partial was not re-announced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let h = leecher.handle.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let job = tokio::spawn(async move { h.fetch_blob(d, size, deadline).await });
+    // The leecher takes the stored third from the restarted node before the pull resumes.
+    let until = Instant::now() + Duration::from_secs(30);
+    while chunks_match(&leecher.store, &d, &data).await < CHUNKS / 3 {
+        assert!(
+            Instant::now() < until,
+            "the leecher never got the partial's chunks"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut w = store.writer(d, size).await.unwrap();
+    assert_eq!(w.resume_offset(), (CHUNKS / 3) as u64 * u64::from(CHUNK));
+    stream(&mut w, &data, CHUNKS / 3, CHUNKS).await;
+    w.finish().await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(65), job)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.bytes_from_peers, size);
+    assert_eq!(stored_digest(&leecher.store, &d).await, d);
+    puller.shutdown().await;
+    leecher.handle.shutdown().await;
+}
