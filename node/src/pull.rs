@@ -20,12 +20,16 @@ use futures::{StreamExt, TryStreamExt};
 use preheat_core::reference::Reference;
 use preheat_core::Digest;
 use preheat_store::{BlobWriter, ImageRecord, Store, StoreError};
+use preheat_swarm::SwarmHandle;
 
-use crate::registry::{RegistryClient, RegistryError};
+use crate::registry::{RegistryClient, RegistryError, Resolved};
 use crate::swarm_pull::{PeerFetch, PeerSource};
 
 /// Blobs of one image fetched at the same time.
 pub const PARALLEL_BLOBS: usize = 3;
+/// How long `open_writer` waits for a blob another writer holds: 50 × 100 ms.
+const BUSY_RETRIES: u32 = 50;
+const BUSY_WAIT: Duration = Duration::from_millis(100);
 
 /// Receives pull progress; implementations must be cheap (called for every piece written).
 pub trait PullProgress: Send + Sync {
@@ -123,8 +127,8 @@ struct Ctx<'a> {
     reference: &'a Reference,
     progress: &'a dyn PullProgress,
     peers: Option<&'a PeerSource>,
-    fetched: AtomicU64,
-    peer_bytes: AtomicU64,
+    announce: Option<&'a SwarmHandle>,
+    counters: &'a ByteCounters,
 }
 
 /// Resolves `reference`, stores its manifests byte-exact and fetches every missing blob.
@@ -147,6 +151,40 @@ pub async fn pull_image_via(
 ) -> Result<PullReport, PullError> {
     let started = Instant::now();
     let resolved = client.resolve(reference).await?;
+    let record = record_image(store, reference, &resolved).await?;
+    store.set_wanted([resolved.manifest.digest]).await;
+    let pull = BlobPull {
+        client,
+        store,
+        reference,
+        progress,
+        peers,
+        announce: None,
+        counters: &ByteCounters::default(),
+    };
+    let blobs = pull.run(&record.blobs).await?;
+    store
+        .put_image(record)
+        .await
+        .map_err(|source| store_err(format!("image record {reference}"), source))?;
+    Ok(PullReport {
+        reference: reference.clone(),
+        manifest: resolved.manifest.digest,
+        total_bytes: blobs.total_bytes,
+        fetched_bytes: blobs.fetched_bytes,
+        peer_bytes: blobs.peer_bytes,
+        present_bytes: blobs.present_bytes,
+        duration: started.elapsed(),
+    })
+}
+
+/// Stores the resolved manifests byte-exact and the image record (its blobs still missing), so
+/// the blobs fetched next are protected once the caller declares the image wanted.
+pub async fn record_image(
+    store: &Store,
+    reference: &Reference,
+    resolved: &Resolved,
+) -> Result<ImageRecord, PullError> {
     for raw in resolved
         .index
         .iter()
@@ -157,85 +195,120 @@ pub async fn pull_image_via(
             .await
             .map_err(|source| store_err(format!("manifest {}", raw.digest), source))?;
     }
-    let blobs: Vec<(Digest, u64)> = resolved.image.blobs().map(|d| (d.digest, d.size)).collect();
     let record = ImageRecord {
         reference: reference.to_string(),
         manifest: resolved.manifest.digest,
         manifest_media_type: resolved.manifest.media_type.clone(),
         index: resolved.index.as_ref().map(|i| i.digest),
         platform: resolved.platform.as_ref().map(ToString::to_string),
-        blobs: blobs.clone(),
+        blobs: resolved.image.blobs().map(|d| (d.digest, d.size)).collect(),
     };
-    // Recorded before the blobs arrive, so the wanted set protects the ones already fetched.
     store
         .put_image(record.clone())
         .await
         .map_err(|source| store_err(format!("image record {reference}"), source))?;
-    store.set_wanted([resolved.manifest.digest]).await;
+    Ok(record)
+}
 
-    let ctx = Ctx {
-        client,
-        store,
-        reference,
-        progress,
-        peers,
-        fetched: AtomicU64::new(0),
-        peer_bytes: AtomicU64::new(0),
-    };
-    let mut seen = HashSet::new();
-    let mut present = 0u64;
-    let mut done = Vec::new();
-    let mut jobs = Vec::new();
-    for &(digest, size) in &blobs {
-        if !seen.insert(digest) {
-            continue;
-        }
-        if store.contains(&digest).await {
-            present += size;
-            done.push(digest);
-            continue;
-        }
-        match open_writer(store, digest, size).await? {
-            Some(writer) => {
-                present += writer.verified_offset();
-                jobs.push((digest, size, writer));
+/// Byte counts of one [`BlobPull::run`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlobsReport {
+    /// Size of the distinct blobs asked for.
+    pub total_bytes: u64,
+    /// Bytes received from the registry.
+    pub fetched_bytes: u64,
+    /// Verified bytes received from peers.
+    pub peer_bytes: u64,
+    /// Bytes already stored when the run started (complete blobs and verified prefixes).
+    pub present_bytes: u64,
+}
+
+/// Bytes received by a [`BlobPull`], counted as they arrive (readable after a cancelled run).
+#[derive(Debug, Default)]
+pub struct ByteCounters {
+    /// From the registry (more than needed when a stream broke mid-chunk).
+    pub registry: AtomicU64,
+    /// Verified bytes from peers.
+    pub peers: AtomicU64,
+}
+
+/// Fetches the missing blobs of one image, [`PARALLEL_BLOBS`] at a time.
+pub struct BlobPull<'a> {
+    pub client: &'a RegistryClient,
+    pub store: &'a Store,
+    /// The image the blobs belong to (its repository is asked for them).
+    pub reference: &'a Reference,
+    pub progress: &'a dyn PullProgress,
+    /// Tried for each blob before the registry.
+    pub peers: Option<&'a PeerSource>,
+    /// Announces each blob right after its registry writer is created (and withdraws it when the
+    /// partial is discarded), so peers stream its chunks while it is still arriving.
+    pub announce: Option<&'a SwarmHandle>,
+    /// Added to as bytes arrive.
+    pub counters: &'a ByteCounters,
+}
+
+impl BlobPull<'_> {
+    /// Fetches every blob of `blobs` not yet complete in the store; calls `progress.start` once.
+    pub async fn run(&self, blobs: &[(Digest, u64)]) -> Result<BlobsReport, PullError> {
+        let (store, progress) = (self.store, self.progress);
+        let (registry_before, peers_before) = (
+            self.counters.registry.load(Ordering::Relaxed),
+            self.counters.peers.load(Ordering::Relaxed),
+        );
+        let ctx = Ctx {
+            client: self.client,
+            store,
+            reference: self.reference,
+            progress,
+            peers: self.peers,
+            announce: self.announce,
+            counters: self.counters,
+        };
+        let mut seen = HashSet::new();
+        let mut present = 0u64;
+        let mut total = 0u64;
+        let mut done = Vec::new();
+        let mut jobs = Vec::new();
+        for &(digest, size) in blobs {
+            if !seen.insert(digest) {
+                continue;
             }
-            None => {
+            total += size;
+            if store.contains(&digest).await {
                 present += size;
                 done.push(digest);
+                continue;
+            }
+            match open_writer(store, digest, size).await? {
+                Some(writer) => {
+                    present += writer.verified_offset();
+                    jobs.push((digest, size, writer));
+                }
+                None => {
+                    present += size;
+                    done.push(digest);
+                }
             }
         }
-    }
-    let total: u64 = blobs
-        .iter()
-        .filter(|(d, _)| seen.remove(d))
-        .map(|(_, s)| s)
-        .sum();
-    progress.start(total, present);
-    for d in &done {
-        progress.blob_done(d);
-    }
-    tracing::debug!(%reference, blobs = blobs.len(), missing = jobs.len(), total, present, "pulling image");
+        progress.start(total, present);
+        for d in &done {
+            progress.blob_done(d);
+        }
+        tracing::debug!(reference = %self.reference, blobs = blobs.len(), missing = jobs.len(), total, present, "pulling image");
 
-    futures::stream::iter(jobs)
-        .map(|(digest, size, writer)| fetch_blob(&ctx, digest, size, writer))
-        .buffer_unordered(PARALLEL_BLOBS)
-        .try_collect::<Vec<()>>()
-        .await?;
-
-    store
-        .put_image(record)
-        .await
-        .map_err(|source| store_err(format!("image record {reference}"), source))?;
-    Ok(PullReport {
-        reference: reference.clone(),
-        manifest: resolved.manifest.digest,
-        total_bytes: total,
-        fetched_bytes: ctx.fetched.load(Ordering::Relaxed),
-        peer_bytes: ctx.peer_bytes.load(Ordering::Relaxed),
-        present_bytes: present,
-        duration: started.elapsed(),
-    })
+        futures::stream::iter(jobs)
+            .map(|(digest, size, writer)| fetch_blob(&ctx, digest, size, writer))
+            .buffer_unordered(PARALLEL_BLOBS)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(BlobsReport {
+            total_bytes: total,
+            fetched_bytes: self.counters.registry.load(Ordering::Relaxed) - registry_before,
+            peer_bytes: self.counters.peers.load(Ordering::Relaxed) - peers_before,
+            present_bytes: present,
+        })
+    }
 }
 
 /// Why one transfer attempt stopped.
@@ -262,7 +335,7 @@ async fn fetch_blob(
             .await
         {
             PeerFetch::Done { bytes } => {
-                ctx.peer_bytes.fetch_add(bytes, Ordering::Relaxed);
+                ctx.counters.peers.fetch_add(bytes, Ordering::Relaxed);
                 ctx.progress.blob_done(&digest);
                 return Ok(());
             }
@@ -277,6 +350,7 @@ async fn fetch_blob(
         };
         reported = reported.max(writer.verified_offset());
     }
+    announce(ctx, digest).await;
     let policy = ctx.client.config().retry;
     let mut failures = 0u32;
     loop {
@@ -318,7 +392,14 @@ async fn fetch_blob(
             }
         }
     }
-    writer.finish().await.map_err(|source| match source {
+    let finished = writer.finish().await;
+    if finished.is_err() {
+        // The partial is gone (digest mismatch) or unusable: stop offering it.
+        if let Some(h) = ctx.announce {
+            let _ = h.withdraw(digest).await;
+        }
+    }
+    finished.map_err(|source| match source {
         StoreError::DigestMismatch { .. } => PullError::DigestMismatch {
             reference: ctx.reference.to_string(),
             digest,
@@ -350,7 +431,9 @@ async fn transfer(
     let mut at = offset;
     while let Some(piece) = stream.next().await {
         let piece = piece.map_err(Stop::Retry)?;
-        ctx.fetched.fetch_add(piece.len() as u64, Ordering::Relaxed);
+        ctx.counters
+            .registry
+            .fetch_add(piece.len() as u64, Ordering::Relaxed);
         if at + piece.len() as u64 > size {
             return Err(Stop::Fatal(PullError::SizeMismatch {
                 reference: ctx.reference.to_string(),
@@ -375,16 +458,33 @@ async fn transfer(
     Ok(())
 }
 
+/// Offers `digest` to the swarm as soon as its registry writer exists (pipelining).
+async fn announce(ctx: &Ctx<'_>, digest: Digest) {
+    if let Some(h) = ctx.announce {
+        if let Err(e) = h.announce(digest).await {
+            tracing::debug!(%digest, error = %e, "cannot announce blob");
+        }
+    }
+}
+
 /// A writer positioned at the blob's verified prefix; `None` when the blob is already complete.
+/// A blob busy with another writer (a cancelled swarm download letting go) is waited for briefly.
 async fn open_writer(
     store: &Store,
     digest: Digest,
     size: u64,
 ) -> Result<Option<BlobWriter>, PullError> {
-    match store.writer(digest, size).await {
-        Ok(w) => Ok(Some(w)),
-        Err(StoreError::Exists(_)) => Ok(None),
-        Err(source) => Err(store_err(format!("blob {digest}"), source)),
+    let mut busy = 0u32;
+    loop {
+        match store.writer(digest, size).await {
+            Ok(w) => return Ok(Some(w)),
+            Err(StoreError::Exists(_)) => return Ok(None),
+            Err(StoreError::Busy(_)) if busy < BUSY_RETRIES => {
+                busy += 1;
+                tokio::time::sleep(BUSY_WAIT).await;
+            }
+            Err(source) => return Err(store_err(format!("blob {digest}"), source)),
+        }
     }
 }
 

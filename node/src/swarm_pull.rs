@@ -71,7 +71,7 @@ impl PeerSource {
         progress: &dyn PullProgress,
     ) -> PeerFetch {
         if !self.find_provider(digest).await {
-            tracing::debug!(%digest, "no peer advertises the blob; using the registry");
+            tracing::debug!(%digest, "no peer advertises the blob");
             return PeerFetch::Fallback { reported };
         }
         let deadline = Instant::now() + self.fetch_timeout;
@@ -102,9 +102,7 @@ impl PeerSource {
                 }
             }
             Err(e) => {
-                progress.message(&format!(
-                    "fetching {digest} from peers failed ({e}); using the registry"
-                ));
+                progress.message(&format!("fetching {digest} from peers failed ({e})"));
                 PeerFetch::Fallback { reported }
             }
         }

@@ -1,0 +1,89 @@
+//! `ImageFetcher` on in-process nodes racing for one image: one registry pull per blob, everyone
+//! complete. The registry is a real Debian docker-registry (its access log counts blob GETs); in
+//! `LEASE=kube` the Lease API is `preheat_testkit::kube_api::KubeApi`, an in-test HTTP server
+//! implementing the Lease REST subset with real semantics, because no Kubernetes API server can run
+//! here (see `election_support`). Timeouts only guard against hangs.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod election_support;
+
+use std::time::Duration;
+
+use election_support::{assert_complete, cluster, origin, spawn_fetch, Election, MIB, NS};
+use image_preheat::fetch::PullResult;
+use preheat_testkit::kube_api::KubeApi;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_nodes_race_and_each_blob_leaves_the_registry_once() -> anyhow::Result<()> {
+    let origin = origin(&[3 * MIB, 3 * MIB, 2 * MIB, 2 * MIB]).await?;
+    let api = KubeApi::start().await?;
+    let nodes = cluster(10, &origin, Election::Kube(&api, Duration::from_secs(30))).await?;
+
+    let tasks: Vec<_> = nodes
+        .iter()
+        .map(|n| spawn_fetch(n, &origin.reference))
+        .collect();
+    let mut reports = Vec::new();
+    for t in tasks {
+        reports.push(t.await??);
+    }
+    for n in &nodes {
+        assert_complete(n, &origin).await?;
+    }
+    origin.settle_log().await?;
+    assert_eq!(
+        origin.blob_gets()?,
+        vec![1; origin.image.blobs().len()],
+        "registry GETs per blob"
+    );
+    let pullers: Vec<_> = reports.iter().filter(|r| r.puller).collect();
+    assert_eq!(pullers.len(), 1, "{reports:#?}");
+    assert_eq!(pullers[0].registry_bytes, origin.image.total_size);
+    for r in reports.iter().filter(|r| !r.puller) {
+        assert_eq!(r.registry_bytes, 0);
+        assert_eq!(r.peer_bytes, origin.image.total_size);
+        assert_eq!(r.manifest, origin.image.manifest_digest);
+    }
+    // The holder deleted its Lease once the image was complete.
+    assert!(api.lease_names(NS).is_empty(), "{:?}", api.lease_names(NS));
+    let image = origin.reference.to_string();
+    let holder = nodes
+        .iter()
+        .zip(&reports)
+        .find(|(_, r)| r.puller)
+        .map(|(n, _)| n)
+        .unwrap();
+    assert_eq!(holder.fetcher.metrics().pulls(&image, PullResult::Ok), 1);
+    assert!(!holder.fetcher.metrics().pulling(&image, &holder.name));
+    // Only the top-ranked contenders talk to the API server.
+    let callers = nodes.iter().filter(|n| n.lease_metrics.total() > 0).count();
+    assert!((1..=3).contains(&callers), "{callers} nodes called the API");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coordination_free_five_nodes_pull_each_blob_once() -> anyhow::Result<()> {
+    let origin = origin(&[2 * MIB, 2 * MIB, MIB]).await?;
+    let nodes = cluster(5, &origin, Election::None).await?;
+    let tasks: Vec<_> = nodes
+        .iter()
+        .map(|n| spawn_fetch(n, &origin.reference))
+        .collect();
+    let mut reports = Vec::new();
+    for t in tasks {
+        reports.push(t.await??);
+    }
+    for n in &nodes {
+        assert_complete(n, &origin).await?;
+    }
+    origin.settle_log().await?;
+    assert_eq!(origin.blob_gets()?, vec![1; origin.image.blobs().len()]);
+    assert_eq!(
+        reports.iter().filter(|r| r.puller).count(),
+        1,
+        "{reports:#?}"
+    );
+    assert!(nodes.iter().all(|n| n.lease_metrics.total() == 0));
+    Ok(())
+}
