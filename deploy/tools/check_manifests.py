@@ -183,6 +183,13 @@ def agent_env_names(objs):
     return names
 
 
+# Variables the manifests set ahead of the agent, each with the reason: reported, not failed. Once
+# the agent accepts one, the check fails until it is removed from here.
+PENDING_ENV = {
+    "MIRROR_ADDR": "issue 6: the node-local mirror is not wired into `agent` yet",
+}
+
+
 def check_env(binary, names):
     """Every env variable the manifests give the agent must be one `image-preheat agent` reads."""
     help_text = run([binary, "agent", "--help"])
@@ -191,7 +198,12 @@ def check_env(binary, names):
         fail("`%s agent --help` lists no env variables" % binary)
         return
     for n in sorted(names - accepted):
-        fail("manifests set %s, which `image-preheat agent` does not accept" % n)
+        if n in PENDING_ENV:
+            print("WARN manifests set %s ahead of the agent (%s)" % (n, PENDING_ENV[n]), file=sys.stderr)
+        else:
+            fail("manifests set %s, which `image-preheat agent` does not accept" % n)
+    for n in sorted(set(PENDING_ENV) & accepted):
+        fail("%s is accepted by the agent now: remove it from PENDING_ENV in %s" % (n, __file__))
 
 
 # ---- Prometheus ---------------------------------------------------------------------------
