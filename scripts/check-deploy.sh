@@ -4,7 +4,8 @@
 #   scripts/check-deploy.sh            check
 #   scripts/check-deploy.sh --update   regenerate deploy/kustomize/agent.yaml and monitoring/monitoring.yaml
 # Env: IMAGE_PREHEAT_BIN  the agent binary to ask for its env names (default: cargo build it)
-#      KUBE_VERSION       Kubernetes version to validate against (default: kubernetes-validate's newest)
+#      KUBE_VERSIONS      Kubernetes versions to validate against, space-separated (default: the
+#                         chart's minimum kubeVersion and kubernetes-validate's newest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-/var/tmp/image-preheat-target}
@@ -21,5 +22,5 @@ if [ -z "$bin" ]; then
 fi
 
 args=(--renderer "$target/deploy-tools/helmrender" --agent-bin "$bin")
-[ -n "${KUBE_VERSION:-}" ] && args+=(--kube-version "$KUBE_VERSION")
+for v in ${KUBE_VERSIONS:-}; do args+=(--kube-version "$v"); done
 exec python3 deploy/tools/check_manifests.py "${args[@]}" "$@"

@@ -87,7 +87,7 @@ def check_values(renderer, values_files):
 
 # ---- objects --------------------------------------------------------------------------------
 
-def validate_objects(label, objs, kube_version):
+def validate_objects(label, objs, kube_versions):
     seen = set()
     for o in objs:
         k = key(o)
@@ -97,11 +97,12 @@ def validate_objects(label, objs, kube_version):
         if o["kind"] in CRD_KINDS:
             check_crd(label, o)
             continue
-        try:
-            kubernetes_validate.validate(o, kube_version, strict=True)
-        except Exception as e:  # ValidationError, SchemaNotFoundError
-            fail("%s: %s/%s does not validate for Kubernetes %s: %s"
-                 % (label, o["kind"], o["metadata"]["name"], kube_version, str(e).splitlines()[0]))
+        for version in kube_versions:
+            try:
+                kubernetes_validate.validate(o, version, strict=True)
+            except Exception as e:  # ValidationError, SchemaNotFoundError
+                fail("%s: %s/%s does not validate for Kubernetes %s: %s"
+                     % (label, o["kind"], o["metadata"]["name"], version, str(e).splitlines()[0]))
     check_references(label, objs)
 
 
@@ -352,9 +353,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--renderer", required=True)
     ap.add_argument("--agent-bin", required=True)
-    ap.add_argument("--kube-version", default=kubernetes_validate.latest_version())
+    ap.add_argument("--kube-version", action="append",
+                    help="Kubernetes version to validate against (repeatable; default: the chart's "
+                         "minimum kubeVersion and kubernetes-validate's newest)")
     ap.add_argument("--update", action="store_true")
     a = ap.parse_args()
+    if not a.kube_version:
+        minimum = yaml.safe_load(open(os.path.join(CHART, "Chart.yaml")))["kubeVersion"]
+        a.kube_version = [re.search(r"[0-9]+\.[0-9]+\.[0-9]+", minimum).group(0), kubernetes_validate.latest_version()]
 
     values_files = [[]] + [[os.path.join(CHART, f)] for f in ("values-production.yaml", "values-development.yaml")]
     values_files += [[os.path.join(CHART, "ci", f)] for f in sorted(os.listdir(os.path.join(CHART, "ci")))]
@@ -376,7 +382,8 @@ def main():
     if failures:
         print("check-deploy: %d problem(s)" % len(failures), file=sys.stderr)
         return 1
-    print("check-deploy: ok (Kubernetes %s, %d values files, env names %d)" % (a.kube_version, len(values_files), len(env)))
+    print("check-deploy: ok (Kubernetes %s, %d values files, %d agent env names)"
+          % (" and ".join(a.kube_version), len(values_files), len(env)))
     return 0
 
 
