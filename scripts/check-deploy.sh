@@ -12,8 +12,9 @@ target=${CARGO_TARGET_DIR:-/var/tmp/image-preheat-target}
 mkdir -p "$target/deploy-tools"
 
 # helmrender: Helm's template engine rebuilt from Debian's Go sprig package (no helm binary here).
-GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$target/deploy-tools/go-cache" GOFLAGS= \
-  go build -o "$target/deploy-tools/helmrender" ./deploy/tools/helmrender
+export GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$target/deploy-tools/go-cache" GOFLAGS=
+go test ./deploy/tools/helmrender
+go build -o "$target/deploy-tools/helmrender" ./deploy/tools/helmrender
 
 bin=${IMAGE_PREHEAT_BIN:-}
 if [ -z "$bin" ]; then

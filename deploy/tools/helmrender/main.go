@@ -88,8 +88,12 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: helmrender [-f values.yaml]... [--namespace NS] [--name NAME] CHART_DIR")
 		os.Exit(2)
 	}
-	if err := run(flag.Arg(0), files, *ns, *name, *kube, *dump); err != nil {
+	out, err := render(flag.Arg(0), files, *ns, *name, *kube, *dump)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "helmrender:", err)
+		os.Exit(1)
+	}
+	if _, err := os.Stdout.WriteString(out); err != nil {
 		os.Exit(1)
 	}
 }
@@ -124,29 +128,29 @@ func coalesce(dst, src map[string]interface{}) map[string]interface{} {
 	return dst
 }
 
-func run(chart string, valueFiles []string, ns, name, kube string, dump bool) error {
+// render returns what `helm template` prints (or the coalesced values as JSON when dump is set).
+func render(chart string, valueFiles []string, ns, name, kube string, dump bool) (string, error) {
 	meta, err := readYAML(filepath.Join(chart, "Chart.yaml"))
 	if err != nil {
-		return err
+		return "", err
 	}
 	values, err := readYAML(filepath.Join(chart, "values.yaml"))
 	if err != nil {
-		return err
+		return "", err
 	}
 	for _, f := range valueFiles {
 		over, err := readYAML(f)
 		if err != nil {
-			return err
+			return "", err
 		}
 		values = coalesce(values, over)
 	}
 	if dump {
 		b, err := json.MarshalIndent(values, "", "  ")
 		if err != nil {
-			return err
+			return "", err
 		}
-		fmt.Println(string(b))
-		return nil
+		return string(b) + "\n", nil
 	}
 	chartName, _ := meta["name"].(string)
 	chartObj := map[string]interface{}{}
@@ -176,7 +180,7 @@ func run(chart string, valueFiles []string, ns, name, kube string, dump bool) er
 		return nil
 	})
 	if err != nil {
-		return err
+		return "", err
 	}
 	sort.Strings(tmplNames)
 	major, minor := "1", "34"
@@ -201,7 +205,7 @@ func run(chart string, valueFiles []string, ns, name, kube string, dump bool) er
 	t.Funcs(funcMap(t))
 	for _, n := range tmplNames {
 		if _, err := t.New(n).Parse(sources[n]); err != nil {
-			return err
+			return "", err
 		}
 	}
 	var out bytes.Buffer
@@ -217,7 +221,7 @@ func run(chart string, valueFiles []string, ns, name, kube string, dump bool) er
 		data["Template"] = map[string]interface{}{"Name": n, "BasePath": path.Join(chartName, "templates")}
 		var buf bytes.Buffer
 		if err := t.ExecuteTemplate(&buf, n, data); err != nil {
-			return err
+			return "", err
 		}
 		s := strings.ReplaceAll(buf.String(), "<no value>", "")
 		if base == "NOTES.txt" {
@@ -231,8 +235,7 @@ func run(chart string, valueFiles []string, ns, name, kube string, dump bool) er
 		}
 		fmt.Fprintf(&out, "---\n# Source: %s\n%s\n", n, strings.TrimSpace(s))
 	}
-	_, err = os.Stdout.Write(out.Bytes())
-	return err
+	return out.String(), nil
 }
 
 // funcMap is sprig's text function map minus env/expandenv (as Helm removes them) plus Helm's own.
