@@ -268,6 +268,13 @@ def check_monitoring(known):
     promtool_rules("alerts.rules.yaml", rules, known)
     dash = json.load(open(os.path.join(ROOT, "deploy/monitoring/grafana-dashboard.json")))
     recs = []
+    ids = [p["id"] for p in dash["panels"]]
+    if len(ids) != len(set(ids)):
+        fail("grafana-dashboard.json: duplicate panel ids")
+    defined = {v["name"] for v in dash["templating"]["list"]} | {"__rate_interval", "__interval"}
+    used = set(re.findall(r"\$\{?(\w+)\}?", json.dumps(dash["panels"])))
+    for n in sorted(used - defined):
+        fail("grafana-dashboard.json uses undefined variable $%s" % n)
     for p in dash["panels"]:
         for t in p.get("targets", []):
             expr = t["expr"].replace("$__rate_interval", "5m").replace("$__interval", "1m")
