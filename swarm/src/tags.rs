@@ -25,6 +25,8 @@ use crate::Error;
 
 /// Providers asked for a tag record at most.
 pub const MAX_TAG_ASKS: usize = 16;
+/// Pause between lookups while no record is found.
+const TAG_RETRY: Duration = Duration::from_millis(250);
 
 /// A tag resolved to a manifest: its digest, media type and bytes (`sha256(bytes) == manifest`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,13 +77,15 @@ impl SwarmHandle {
         .await
     }
 
-    /// The newest valid record of `reference` that this node or a peer publishes, `None` if none
-    /// arrived within `timeout`. Forged or oversized answers are dropped.
+    /// The newest valid record of `reference` that this node or a peer publishes. Until one is
+    /// found the lookup is repeated (a puller may publish a moment later); `None` once `timeout`
+    /// has passed. Forged or oversized answers are dropped and their senders banned.
     pub async fn resolve_tag(
         &self,
         reference: &str,
         timeout: Duration,
     ) -> Result<Option<TagRecord>, Error> {
+        let started = Instant::now();
         let until = tokio::time::Instant::now() + timeout;
         let mut best = self
             .ask(|reply| Command::LocalTag {
@@ -89,12 +93,34 @@ impl SwarmHandle {
                 reply,
             })
             .await?;
-        let lookup = self.tag_providers(reference);
-        let providers = match tokio::time::timeout_at(until, lookup).await {
+        loop {
+            self.ask_tag_providers(reference, until, &mut best).await?;
+            let next = tokio::time::Instant::now() + TAG_RETRY;
+            if best.is_some() || next >= until {
+                break;
+            }
+            tokio::time::sleep_until(next).await;
+        }
+        tracing::debug!(
+            reference,
+            found = best.is_some(),
+            ms = started.elapsed().as_millis(),
+            "tag resolved through the swarm"
+        );
+        Ok(best.map(TagRecord::from))
+    }
+
+    /// One round: the tag's providers, asked at once; the newest valid answer replaces `best`.
+    async fn ask_tag_providers(
+        &self,
+        reference: &str,
+        until: tokio::time::Instant,
+        best: &mut Option<TagWire>,
+    ) -> Result<(), Error> {
+        let providers = match tokio::time::timeout_at(until, self.tag_providers(reference)).await {
             Ok(p) => p?,
-            Err(_) => Vec::new(),
+            Err(_) => return Ok(()),
         };
-        let started = Instant::now();
         let mut asks: FuturesUnordered<_> = providers
             .into_iter()
             .filter(|p| !self.is_banned(p))
@@ -124,15 +150,9 @@ impl SwarmHandle {
                 .as_ref()
                 .is_none_or(|b| t.published_ms > b.published_ms)
             {
-                best = Some(t);
+                *best = Some(t);
             }
         }
-        tracing::debug!(
-            reference,
-            found = best.is_some(),
-            ms = started.elapsed().as_millis(),
-            "tag resolved through the swarm"
-        );
-        Ok(best.map(TagRecord::from))
+        Ok(())
     }
 }

@@ -34,7 +34,7 @@ async fn nineteen_leechers_share_the_load_of_one_seeder() {
             .await
             .unwrap()
             .unwrap();
-        let r = r.unwrap_or_else(|e| panic!("leecher {i}: {e}"));
+        let r = r.unwrap_or_else(|e| panic!("leecher {i}: {e:?}"));
         assert!(!r.already_local);
         assert_eq!(stored_digest(&leechers[i].store, &d).await, d);
     }

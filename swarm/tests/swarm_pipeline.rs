@@ -125,7 +125,7 @@ async fn leechers_stream_a_blob_while_a_registry_pull_is_still_writing_it() {
             .await
             .unwrap()
             .unwrap()
-            .unwrap_or_else(|e| panic!("leecher {i}: {e}"));
+            .unwrap_or_else(|e| panic!("leecher {i}: {e:?}"));
         assert!(!r.already_local);
         assert_eq!(stored_digest(&leechers[i].store, &d).await, d);
     }

@@ -71,7 +71,7 @@ async fn downloads_complete_after_the_seeder_dies() {
             .await
             .unwrap()
             .unwrap();
-        r.unwrap_or_else(|e| panic!("leecher {i}: {e}"));
+        r.unwrap_or_else(|e| panic!("leecher {i}: {e:?}"));
         assert_eq!(stored_digest(&leechers[i].store, &d).await, d);
     }
     for l in &leechers {

@@ -74,6 +74,19 @@ async fn a_published_tag_resolves_on_other_nodes_and_the_newest_record_wins() {
     let got = resolve_until(&a.handle, NGINX, |r| r.as_ref() != Some(&v1)).await;
     assert_eq!(got, Some(v2));
 
+    // A resolver that starts before the tag is published keeps looking until it appears.
+    let late = "docker.io/library/redis:7";
+    let h = b.handle.clone();
+    let waiter = tokio::spawn(async move { h.resolve_tag(late, Duration::from_secs(20)).await });
+    let v3 = record(r#"{"schemaVersion":2,"redis":7}"#);
+    c.handle.publish_tag(late, v3.clone()).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(25), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Some(v3));
+
     for n in [&a, &b, &c] {
         n.handle.shutdown().await;
     }
