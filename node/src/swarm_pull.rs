@@ -34,6 +34,7 @@ pub struct PeerSource {
     handle: SwarmHandle,
     find_timeout: Duration,
     fetch_timeout: Duration,
+    stall: Option<Duration>,
 }
 
 /// The result of trying the swarm for one blob.
@@ -53,7 +54,15 @@ impl PeerSource {
             handle,
             find_timeout,
             fetch_timeout,
+            stall: None,
         }
+    }
+
+    /// Gives up on a peer download (keeping its chunks) once no new chunk arrived for `stall`:
+    /// for a puller taking over, which must not wait on chunks nobody has any more.
+    pub fn with_stall(mut self, stall: Duration) -> Self {
+        self.stall = Some(stall);
+        self
     }
 
     pub fn handle(&self) -> &SwarmHandle {
@@ -77,7 +86,11 @@ impl PeerSource {
         let deadline = Instant::now() + self.fetch_timeout;
         let fetch = self.handle.fetch_blob(digest, size, deadline);
         tokio::pin!(fetch);
-        let mut tick = tokio::time::interval(PROGRESS_POLL);
+        let poll = self
+            .stall
+            .map_or(PROGRESS_POLL, |s| PROGRESS_POLL.min(s / 4));
+        let mut tick = tokio::time::interval(poll);
+        let mut moved = tokio::time::Instant::now();
         let result = loop {
             tokio::select! {
                 r = &mut fetch => break r,
@@ -86,7 +99,12 @@ impl PeerSource {
                         if p.bytes_done > reported {
                             progress.advance(p.bytes_done - reported);
                             reported = p.bytes_done;
+                            moved = tokio::time::Instant::now();
                         }
+                    }
+                    if self.stall.is_some_and(|s| moved.elapsed() >= s) {
+                        tracing::debug!(%digest, reported, "peers stopped delivering the blob");
+                        return PeerFetch::Fallback { reported };
                     }
                 }
             }

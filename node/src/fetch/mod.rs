@@ -58,6 +58,9 @@ pub struct FetchConfig {
     /// A follower that received no byte for this long gives up (the puller is stuck or gone and
     /// no takeover happened); one peer download is bounded by it too.
     pub pulling_timeout: Duration,
+    /// A node taking the pull over first takes from peers what the swarm has of each blob, and
+    /// turns to the registry once no chunk arrived for this long.
+    pub takeover_stall: Duration,
     /// This node's name, for `registry_pulling{node}`.
     pub node_name: String,
 }
@@ -69,6 +72,7 @@ impl FetchConfig {
             swarm_find_timeout: Duration::from_secs(10),
             tag_timeout: Duration::from_secs(2),
             pulling_timeout: Duration::from_secs(600),
+            takeover_stall: Duration::from_secs(3),
             node_name: node_name.into(),
         }
     }
@@ -299,8 +303,13 @@ impl ImageFetcher {
         let image = reference.to_string();
         let node = s.cfg.node_name.as_str();
         let peers = PeerSource::new(h.clone(), s.cfg.swarm_find_timeout, s.cfg.pulling_timeout);
+        let find = s.cfg.swarm_find_timeout.min(s.cfg.takeover_stall);
+        let takeover = PeerSource::new(h.clone(), find, s.cfg.pulling_timeout)
+            .with_stall(s.cfg.takeover_stall);
         let mut election = el.start(manifest, MemberView::new(h.clone()));
         let mut status = election.subscribe();
+        // Set once this node followed: pulling after that is a takeover, and peers have chunks.
+        let mut followed = false;
         loop {
             let st = election.acquire_or_follow().await;
             if st.role == Role::Pull {
@@ -315,7 +324,7 @@ impl ImageFetcher {
                     store: &s.store,
                     reference,
                     progress: tracker,
-                    peers: None,
+                    peers: followed.then_some(&takeover),
                     announce: Some(h),
                     counters: &tally.counters,
                 };
@@ -341,6 +350,7 @@ impl ImageFetcher {
                     }
                 }
             } else {
+                followed = true;
                 let r = tokio::select! {
                     r = follow(&peers, &s.store, blobs, tracker, s.cfg.pulling_timeout, &tally.counters.peers) => Some(r),
                     () = role_change(&mut status, |s| s.role == Role::Pull) => None,

@@ -19,7 +19,7 @@ use image_preheat::lease::{
     client_from_config, LeaseConfig, LeaseElector, LeaseMetrics, LeaseMode,
 };
 use image_preheat::pull::NoProgress;
-use image_preheat::registry::{RegistryClient, RegistryConfig};
+use image_preheat::registry::{RegistryClient, RegistryConfig, RetryPolicy};
 use preheat_core::reference::Reference;
 use preheat_store::{Store, StoreConfig};
 use preheat_swarm::{Multiaddr, Swarm, SwarmConfig, SwarmHandle};
@@ -176,6 +176,12 @@ async fn node(
     };
     let registry = RegistryClient::new(RegistryConfig {
         insecure: vec![origin.proxy.host()],
+        // Patient enough to outlast a registry the takeover test keeps down for a while.
+        retry: RetryPolicy {
+            max_attempts: 30,
+            base: Duration::from_millis(200),
+            max_delay: Duration::from_secs(1),
+        },
         ..RegistryConfig::default()
     })?;
     let fetch_cfg = FetchConfig {
