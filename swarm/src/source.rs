@@ -27,7 +27,9 @@ pub async fn answer(store: &Store, req: &CtlRequest, forge: bool) -> CtlResponse
             _ => CtlResponse::NotFound,
         },
         CtlRequest::GetProvisional { blob, from } => match store.chunk_hashes(blob).await {
-            Ok(Some(mut known)) => {
+            // A partial with no chunk and no index knows nothing yet, not even the chunk size its
+            // source uses (a swarm fetch adopts that of its first answer): stay silent until then.
+            Ok(Some(mut known)) if known.complete || known.stored.contains(&true) => {
                 if forge && known.complete {
                     let Some(h) = forged(store, blob).await else {
                         return CtlResponse::NotFound;

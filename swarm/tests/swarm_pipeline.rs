@@ -233,3 +233,53 @@ async fn a_restarted_node_re_announces_its_partial_and_leechers_follow_the_resum
     puller.shutdown().await;
     leecher.handle.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leechers_with_another_chunk_size_adopt_the_pullers_layout() {
+    let data = random_blob(CHUNKS * CHUNK as usize);
+    let d = Digest::of(&data);
+    let size = data.len() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let big = 2 * CHUNK;
+    let cfg = preheat_store::StoreConfig {
+        chunk_size: big,
+        ..preheat_store::StoreConfig::new(dir.path())
+    };
+    let store = Store::open(cfg).await.unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let puller = preheat_swarm::Swarm::spawn(config(vec![]), store.clone(), &mut registry)
+        .await
+        .unwrap();
+    let addr = puller.listen_addrs().await.unwrap()[0].clone();
+    let a = node(config(vec![addr.clone()]), &[]).await;
+    let b = node(config(vec![addr, a.addr.clone()]), &[]).await;
+    wait_connected(&[&a.handle, &b.handle], 2).await;
+
+    let mut w = store.writer(d, size).await.unwrap();
+    puller.announce(d).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let leechers = [a, b];
+    let jobs = spawn_fetches(&leechers, d, size, deadline);
+    stream(&mut w, &data, 0, CHUNKS / 2).await;
+    every_leecher_has_a_chunk(&leechers, &d, &w).await;
+    stream(&mut w, &data, CHUNKS / 2, CHUNKS).await;
+    w.finish().await.unwrap();
+    for (i, j) in jobs.into_iter().enumerate() {
+        tokio::time::timeout(Duration::from_secs(65), j)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("leecher {i}: {e:?}"));
+        let l = &leechers[i];
+        assert_eq!(stored_digest(&l.store, &d).await, d);
+        let ix = l.store.chunk_index(&d).await.unwrap().unwrap();
+        assert_eq!(
+            ix.layout.chunk_size, big,
+            "leecher {i} kept its own chunk size"
+        );
+    }
+    puller.shutdown().await;
+    for l in &leechers {
+        l.handle.shutdown().await;
+    }
+}
