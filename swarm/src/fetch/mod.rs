@@ -20,6 +20,7 @@ use crate::Error;
 
 mod drive;
 mod known;
+mod peers;
 
 use known::Known;
 
