@@ -5,4 +5,5 @@ pub mod fetch;
 pub mod lease;
 pub mod pull;
 pub mod registry;
+pub mod runtime;
 pub mod swarm_pull;

@@ -23,7 +23,9 @@
 //! nothing listens on a fixed port (never 5000); nothing touches the network beyond loopback.
 
 pub mod accesslog;
+pub mod containerd;
 pub mod dnsmasq;
+pub mod dockerd;
 pub mod image;
 pub mod kube_api;
 pub mod netns;
@@ -36,6 +38,8 @@ pub mod tmpfs;
 use std::net::TcpListener;
 
 pub use accesslog::AccessLogEntry;
+pub use containerd::Containerd;
+pub use dockerd::Dockerd;
 pub use image::{
     ImageBuilder, LayerGen, ManifestFormat, PlatformSpec, PushedImage, PushedIndex, MIN_LAYER_SIZE,
 };
