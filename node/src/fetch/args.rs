@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::lease::{LeaseConfig, LeaseError, LeaseMode};
+use crate::lease::{LeaseConfig, LeaseElector, LeaseError, LeaseMetrics, LeaseMode};
 
 /// `--lease`, `--k8s-namespace`, `--k8s-lock-timeout`, `--lease-contenders` and their env twins.
 #[derive(Debug, Clone, clap::Args)]
@@ -57,6 +57,18 @@ impl LeaseArgs {
         // Read here, once at start-up, like every other flag's env twin.
         let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty());
         self.config_for(node_name, in_cluster)
+    }
+
+    /// The elector for this node: `member_id` must be its swarm peer id (what [`super::MemberView`]
+    /// ranks); in `LEASE=kube` the kube client comes from the in-cluster configuration or the
+    /// kubeconfig, and without one the election runs coordination-free (logged).
+    pub async fn elector(
+        &self,
+        node_name: &str,
+        member_id: impl Into<String>,
+        metrics: LeaseMetrics,
+    ) -> Result<LeaseElector, LeaseError> {
+        LeaseElector::from_environment(self.config(node_name)?, member_id, metrics).await
     }
 
     /// [`Self::config`] with the cluster detection given.
