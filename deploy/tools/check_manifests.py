@@ -126,6 +126,10 @@ def matches(selector, labels):
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
+PATH_ENV = {"IMAGE_LIST_PATH", "STORE_DIR", "MOUNT_DIR", "DOCKER_CONFIG", "CONTAINERD_ADDRESS", "DOCKER_HOST",
+            "CONFIG_PATH"}
+
+
 def check_references(label, objs):
     by_kind = {}
     for o in objs:
@@ -149,6 +153,13 @@ def check_references(label, objs):
             for m in c.get("volumeMounts", []):
                 if m["name"] not in volumes:
                     fail("%s: %s mounts unknown volume %s" % (label, c["name"], m["name"]))
+            # Every path the agent is told to use lies on a volume (the root filesystem is read-only).
+            mounts = [m["mountPath"].rstrip("/") + "/" for m in c.get("volumeMounts", [])]
+            for e in c.get("env", []):
+                if e["name"] in PATH_ENV and e.get("value"):
+                    path = e["value"].removeprefix("unix://").rstrip("/") + "/"
+                    if not any(path.startswith(m) for m in mounts):
+                        fail("%s: %s=%s is on no volume of %s" % (label, e["name"], e["value"], c["name"]))
         sa = spec.get("serviceAccountName", "default")
         accounts = {o["metadata"]["name"] for o in by_kind.get("ServiceAccount", [])}
         if by_kind.get("ServiceAccount") and sa not in accounts:
