@@ -4,94 +4,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use common::{copy_into_store, Mirror, StoreSource};
 use preheat_store::{Store, StoreConfig};
 use preheat_testkit::image::{ImageBuilder, ManifestFormat};
 use preheat_testkit::registry::Registry as Origin;
+use preheat_testkit::Containerd;
 use registry_proxy::ProxyConfig;
 
-/// A containerd process with everything in a private dir; killed on drop.
-struct Containerd {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Containerd {
-    fn start(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let config = format!(
-            r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "{d}/containerd.sock"
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-"#,
-            d = dir.display()
-        );
-        std::fs::write(dir.join("config.toml"), config)?;
-        let log = std::fs::File::create(dir.join("containerd.log"))?;
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(dir.join("config.toml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting containerd")?;
-        let ctd = Self {
-            child,
-            dir: dir.to_owned(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while ctd.ctr(&["version"]).is_err() {
-            if Instant::now() > deadline {
-                bail!("containerd did not start: {}", ctd.log());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(ctd)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
-    }
-
-    /// Runs `ctr` against this containerd; stdout on success.
-    fn ctr(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("ctr")
-            .arg("--address")
-            .arg(self.dir.join("containerd.sock"))
-            .args(["--namespace", "preheat-test"])
-            .args(args)
-            .output()
-            .context("running ctr")?;
-        ensure!(
-            out.status.success(),
-            "ctr {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+const NAMESPACE: &str = "preheat-test";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_pull_is_served_entirely_by_the_mirror() -> Result<()> {
@@ -122,26 +46,27 @@ async fn containerd_pull_is_served_entirely_by_the_mirror() -> Result<()> {
     )?;
     let before = origin.access_log()?.len();
 
-    let ctd_dir = tmp.path().join("ctd");
     let reference = format!("{}/team/app:v2", origin.host());
     let hosts_arg = hosts.display().to_string();
-    let listing = tokio::task::spawn_blocking(move || -> Result<String> {
-        let ctd = Containerd::start(&ctd_dir)?;
-        let pulled = ctd.ctr(&[
-            "images",
-            "pull",
-            "--snapshotter",
-            "native",
-            "--hosts-dir",
-            &hosts_arg,
-            &reference,
-        ]);
-        if let Err(e) = pulled {
-            bail!("{e}\ncontainerd log:\n{}", ctd.log());
-        }
-        ctd.ctr(&["images", "ls"])
-    })
-    .await??;
+    let ctd = Containerd::start().await?;
+    let pulled = ctd
+        .ctr(
+            NAMESPACE,
+            &[
+                "images",
+                "pull",
+                "--snapshotter",
+                "native",
+                "--hosts-dir",
+                &hosts_arg,
+                &reference,
+            ],
+        )
+        .await;
+    if let Err(e) = pulled {
+        bail!("{e}\ncontainerd log:\n{}", ctd.log());
+    }
+    let listing = ctd.ctr(NAMESPACE, &["images", "ls"]).await?;
     let manifest_digest = img.manifest_digest.to_string();
     ensure!(
         listing.contains(&manifest_digest),
