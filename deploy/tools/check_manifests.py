@@ -430,6 +430,23 @@ def check_kustomize(renderer, tmp, update):
     return base + [ns], mon
 
 
+def check_readmes():
+    """The install commands in the READMEs name values, files and directories that exist."""
+    defaults = yaml.safe_load(open(os.path.join(CHART, "values.yaml")))
+    for doc in ("README.md", "deploy/README.md"):
+        text = open(os.path.join(ROOT, doc)).read()
+        for m in re.finditer(r"--set(?:-json|-string)? '?([A-Za-z0-9_.]+)=", text):
+            node = defaults
+            for part in m.group(1).split("."):
+                if not isinstance(node, dict) or part not in node:
+                    fail("%s: --set %s is not a chart value" % (doc, m.group(1)))
+                    break
+                node = node[part]
+        for m in re.finditer(r"(?:-f|apply -k|helm install \S+) (deploy/[A-Za-z0-9_./-]+)", text):
+            if not os.path.exists(os.path.join(ROOT, m.group(1))):
+                fail("%s names %s, which does not exist" % (doc, m.group(1)))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--renderer", required=True)
@@ -464,6 +481,7 @@ def main():
         for label, objs in renders:
             check_env_values(a.agent_bin, label, objs)
     check_monitoring(registered_metrics())
+    check_readmes()
     for msg in check_hosts_toml(ROOT):
         fail(msg)
     if failures:
