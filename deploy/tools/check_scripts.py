@@ -1,6 +1,8 @@
 """Runs the containerd hosts.toml writer (deploy/helm/image-preheat/files/hosts-toml.sh) with /bin/sh
-in a temporary config_path and checks what it writes, keeps and refuses."""
+in a temporary config_path and checks what it writes, keeps and refuses, and that the example node
+files in deploy/containerd and deploy/docker match it."""
 import filecmp
+import json
 import os
 import subprocess
 import tempfile
@@ -60,4 +62,16 @@ def check_hosts_toml(root):
                 errors.append("hosts-toml.sh accepted %r (exit %d, want 64)" % (bad, r.returncode))
         if os.path.exists(os.path.join(os.path.dirname(d), "etc", "hosts.toml")):
             errors.append("hosts-toml.sh wrote outside CONFIG_PATH")
+    # The example files in deploy/containerd are what the writer writes with the chart's defaults.
+    examples = os.path.join(root, "deploy/containerd/certs.d")
+    with tempfile.TemporaryDirectory() as d:
+        regs = sorted(os.listdir(examples))
+        r = _run(script, d, REGISTRIES=",".join(regs))
+        for reg in regs:
+            got = os.path.join(d, reg, "hosts.toml")
+            if r.returncode != 0 or not filecmp.cmp(got, os.path.join(examples, reg, "hosts.toml"), shallow=False):
+                errors.append("deploy/containerd/certs.d/%s/hosts.toml is not what hosts-toml.sh writes" % reg)
+    daemon = json.load(open(os.path.join(root, "deploy/docker/daemon.json")))
+    if daemon.get("registry-mirrors") != ["http://127.0.0.1:5000"]:
+        errors.append("deploy/docker/daemon.json does not name the mirror http://127.0.0.1:5000")
     return errors
