@@ -46,8 +46,9 @@ pub enum Command {
     Pull(PullArgs),
     /// List the images in the local store.
     Images(ImagesArgs),
-    /// Run a swarm node that serves the local store to peers until SIGTERM or SIGINT.
-    Agent(AgentArgs),
+    /// Run the node agent: keep the listed images in the store and the runtimes, serve peers and
+    /// the node HTTP API, until SIGTERM or SIGINT.
+    Agent(Box<AgentArgs>),
     /// Fetch one blob through the swarm into the local store (debugging aid), serve it a while, exit.
     FetchBlob(FetchBlobArgs),
 }
@@ -178,7 +179,7 @@ pub async fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Pull(args) => pull(args).await,
         Command::Images(args) => images(args).await,
-        Command::Agent(args) => agent::agent(args).await,
+        Command::Agent(args) => agent::agent(*args).await,
         Command::FetchBlob(args) => agent::fetch_blob(args).await,
     }
 }
@@ -254,7 +255,10 @@ async fn pull(args: PullArgs) -> u8 {
             0
         }
         Err(e) => {
-            eprintln!("error: pull of {reference} failed: {}", agent::error_chain(&e));
+            eprintln!(
+                "error: pull of {reference} failed: {}",
+                agent::error_chain(&e)
+            );
             EXIT_RUNTIME
         }
     }

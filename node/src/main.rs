@@ -7,10 +7,11 @@ mod progress;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let args = match agent::parse_cli() {
+        Ok(a) => a,
+        Err(code) => return ExitCode::from(code),
+    };
     logging::init(args.log_format, &args.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,15 +1,15 @@
-//! The swarm commands: `agent` (a node serving its store until SIGTERM/SIGINT) and `fetch-blob`
-//! (fetch one blob through the swarm, serve it a while, exit), plus the swarm flags `pull` shares.
+//! Swarm flags shared by `agent`, `pull` and `fetch-blob`, and starting/stopping a swarm node.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
-use preheat_core::{units, Digest};
+use preheat_core::units;
 use preheat_store::Store;
 use preheat_swarm::{parse_peer, to_multiaddr, Multiaddr, Swarm, SwarmConfig, SwarmHandle};
 use prometheus_client::registry::Registry;
 
+use super::error_chain;
 use crate::cli::{StoreArgs, EXIT_RUNTIME};
 
 /// Swarm port assumed for `--peers-dns` when this node listens on port 0.
@@ -117,17 +117,26 @@ fn log_config(command: &'static str, store: &StoreArgs, cfg: &SwarmConfig) {
     );
 }
 
-/// Starts a swarm node serving `store` (opened from `args`).
+/// Starts a swarm node serving `store` (opened from `args`), with throwaway metrics.
 pub async fn start_node(
     command: &'static str,
     args: &StoreArgs,
     store: Store,
     cfg: SwarmConfig,
 ) -> Result<SwarmHandle, u8> {
+    start_node_with(command, args, store, cfg, &mut Registry::default()).await
+}
+
+/// Starts a swarm node serving `store`, registering its metrics in `registry`.
+pub async fn start_node_with(
+    command: &'static str,
+    args: &StoreArgs,
+    store: Store,
+    cfg: SwarmConfig,
+    registry: &mut Registry,
+) -> Result<SwarmHandle, u8> {
     log_config(command, args, &cfg);
-    // The agent's HTTP API (a later issue) will expose this registry.
-    let mut registry = Registry::default();
-    match Swarm::spawn(cfg, store, &mut registry).await {
+    match Swarm::spawn(cfg, store, registry).await {
         Ok(h) => Ok(h),
         Err(e) => {
             eprintln!("error: cannot start the swarm node: {}", error_chain(&e));
@@ -144,160 +153,6 @@ pub async fn stop_node(handle: &SwarmHandle) {
     {
         tracing::warn!("swarm shutdown timed out");
     }
-}
-
-/// `error: a: b: c` text of an error and its sources.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
-
-#[derive(Debug, Args)]
-pub struct AgentArgs {
-    #[command(flatten)]
-    pub store: StoreArgs,
-    /// Address the swarm listens on.
-    #[arg(long, env = "SWARM_ADDR", default_value = "0.0.0.0:4001")]
-    pub swarm_addr: SocketAddr,
-    #[command(flatten)]
-    pub peers: PeerArgs,
-}
-
-/// Runs a swarm node serving the store until SIGTERM or SIGINT.
-pub async fn agent(args: AgentArgs) -> u8 {
-    let cfg = args.peers.swarm_config(args.swarm_addr);
-    let store = match args.store.open().await {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let handle = match start_node("agent", &args.store, store, cfg).await {
-        Ok(h) => h,
-        Err(code) => return code,
-    };
-    let addrs = handle.listen_addrs().await.unwrap_or_default();
-    let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-    tracing::info!(peer_id = %handle.local_peer_id(), ?addrs, "agent started");
-    let signal = match shutdown_signal().await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: cannot install signal handlers: {e}");
-            stop_node(&handle).await;
-            return EXIT_RUNTIME;
-        }
-    };
-    tracing::info!(signal, "agent stopping");
-    stop_node(&handle).await;
-    tracing::info!(
-        bytes_sent = handle.bytes_sent(),
-        bytes_received = handle.bytes_received(),
-        "agent stopped"
-    );
-    0
-}
-
-/// Waits for SIGTERM or SIGINT and names it.
-async fn shutdown_signal() -> std::io::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
-}
-
-/// Swarm flags of the commands that run a short-lived node (`pull`, `fetch-blob`).
-#[derive(Debug, Args)]
-pub struct ClientSwarmArgs {
-    /// Address the command's own swarm node listens on while it runs (port 0: any free port). Not
-    /// SWARM_ADDR, so a pull next to a running agent does not take the agent's port.
-    #[arg(long, env = "CLIENT_SWARM_ADDR", default_value = "0.0.0.0:0")]
-    pub swarm_addr: SocketAddr,
-    #[command(flatten)]
-    pub peers: PeerArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct FetchBlobArgs {
-    /// Digest of the blob, sha256:<64 hex>.
-    pub digest: Digest,
-    /// Size of the blob in bytes (from the manifest that names it).
-    #[arg(long, value_parser = parse_bytes)]
-    pub size: u64,
-    #[command(flatten)]
-    pub store: StoreArgs,
-    #[command(flatten)]
-    pub swarm: ClientSwarmArgs,
-    /// Give up when the blob is not complete after this long (e.g. 2m).
-    #[arg(long, env = "FETCH_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
-    pub timeout: Duration,
-    /// Keep serving the blob to peers this long after it completed (e.g. 10s; 0s to exit at once).
-    #[arg(long, env = "FETCH_LINGER", default_value = "10s", value_parser = parse_duration)]
-    pub linger: Duration,
-}
-
-/// Fetches one blob through the swarm, serves it for `--linger`, exits.
-pub async fn fetch_blob(args: FetchBlobArgs) -> u8 {
-    let cfg = args.swarm.peers.swarm_config(args.swarm.swarm_addr);
-    let store = match args.store.open().await {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let handle = match start_node("fetch-blob", &args.store, store, cfg).await {
-        Ok(h) => h,
-        Err(code) => return code,
-    };
-    let started = Instant::now();
-    let deadline = started + args.timeout;
-    let result = tokio::select! {
-        r = handle.fetch_blob(args.digest, args.size, deadline) => r.map_err(|e| error_chain(&e)),
-        s = shutdown_signal() => Err(match s {
-            Ok(sig) => format!("interrupted by {sig}"),
-            Err(e) => format!("cannot install signal handlers: {e}"),
-        }),
-    };
-    let code = match result {
-        Ok(r) => {
-            let how = if r.already_local {
-                "already stored".to_owned()
-            } else {
-                format!(
-                    "{} from {} peers",
-                    units::format_bytes(r.bytes_from_peers),
-                    r.peers_used
-                )
-            };
-            println!(
-                "fetched {} ({}, {how}) in {:.1}s",
-                r.digest,
-                units::format_bytes(r.size),
-                started.elapsed().as_secs_f64()
-            );
-            tracing::info!(digest = %r.digest, bytes_from_peers = r.bytes_from_peers, peers = r.peers_used,
-                bad_chunks = r.bad_chunks, seconds = started.elapsed().as_secs_f64(), "blob fetched");
-            if !args.linger.is_zero() {
-                tracing::info!(linger = ?args.linger, "serving peers before exit");
-                tokio::select! {
-                    _ = tokio::time::sleep(args.linger) => {}
-                    _ = shutdown_signal() => {}
-                }
-            }
-            0
-        }
-        Err(e) => {
-            eprintln!("error: fetching {} from peers failed: {e}", args.digest);
-            EXIT_RUNTIME
-        }
-    };
-    tracing::info!(bytes_sent = handle.bytes_sent(), "fetch-blob stopping");
-    stop_node(&handle).await;
-    code
 }
 
 fn parse_peer_arg(s: &str) -> Result<PeerAddr, String> {
@@ -343,15 +198,15 @@ fn parse_dns_name(s: &str) -> Result<DnsName, String> {
     })
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     units::parse_duration(s).map_err(|e| e.to_string())
 }
 
-fn parse_rate(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_rate(s: &str) -> Result<u64, String> {
     units::parse_rate(s).map_err(|e| e.to_string())
 }
 
-fn parse_bytes(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     units::parse_bytes(s).map_err(|e| e.to_string())
 }
 
