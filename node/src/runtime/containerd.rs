@@ -4,9 +4,9 @@
 //! what the reference names (the index for a multi-platform tag, else the manifest). All under a
 //! lease, so a half-written image is never collected mid-import nor kept forever.
 //!
-//! Like kubelet's CRI pull, a tagged reference also gets a `repo@digest` record. Layers are not
-//! unpacked here: the CRI plugin unpacks an image into its snapshotter when a container first
-//! needs it.
+//! Like kubelet's CRI pull, a tagged reference also gets a `repo@digest` record. With a snapshotter
+//! configured (CRI's default is `overlayfs`) the layers are unpacked too, so a pod starts without
+//! unpacking first; an unpack failure is only logged, since the CRI plugin unpacks on first use.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,7 @@ use preheat_store::Store;
 use super::stored::StoredImage;
 use super::{Runtime, RuntimeError};
 
+mod unpack;
 mod write;
 
 /// How long detection waits for containerd to answer.
@@ -46,10 +47,12 @@ pub struct ContainerdRuntime {
     channel: Channel,
     address: PathBuf,
     namespace: MetadataValue<containerd_client::tonic::metadata::Ascii>,
+    snapshotter: Option<String>,
 }
 
 impl ContainerdRuntime {
-    /// Connects to the socket at `address` and checks that containerd answers.
+    /// Connects to the socket at `address` and checks that containerd answers. Imports unpack into
+    /// [`super::DEFAULT_CONTAINERD_SNAPSHOTTER`] unless [`Self::with_snapshotter`] says otherwise.
     pub async fn connect(address: &Path, namespace: &str) -> Result<Self, RuntimeError> {
         let connect_err =
             |source: Box<dyn std::error::Error + Send + Sync>| RuntimeError::Connect {
@@ -75,7 +78,14 @@ impl ContainerdRuntime {
             channel,
             address: address.to_owned(),
             namespace,
+            snapshotter: Some(super::DEFAULT_CONTAINERD_SNAPSHOTTER.to_owned()),
         })
+    }
+
+    /// Unpack imported images into `snapshotter` (`None`: leave that to the CRI plugin).
+    pub fn with_snapshotter(mut self, snapshotter: Option<String>) -> Self {
+        self.snapshotter = snapshotter.filter(|s| !s.is_empty());
+        self
     }
 
     pub fn address(&self) -> &Path {
@@ -334,7 +344,21 @@ impl ContainerdRuntime {
         if name != digest_name && reference.tag().is_some() && reference.digest().is_none() {
             self.put_image(lease, digest_name, target.clone()).await?;
         }
-        self.put_image(lease, name, target).await
+        self.put_image(lease, name, target).await?;
+        if let Some(snapshotter) = &self.snapshotter {
+            match self.unpack(lease, snapshotter, img).await {
+                Ok(Some(top)) => {
+                    let key = format!("containerd.io/gc.ref.snapshot.{snapshotter}");
+                    self.label(&img.id(), HashMap::from([(key, top.to_string())]))
+                        .await?;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%reference, snapshotter, error = %e, "unpack failed; containerd unpacks on first use");
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -38,6 +38,9 @@ pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 /// The containerd namespace kubelet's CRI plugin uses.
 pub const DEFAULT_CONTAINERD_NAMESPACE: &str = "k8s.io";
 
+/// The snapshotter kubelet's CRI plugin uses by default; [`connect`] unpacks into it.
+pub const DEFAULT_CONTAINERD_SNAPSHOTTER: &str = "overlayfs";
+
 /// Which runtimes to import into (`RUNTIME`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum RuntimeKind {
