@@ -110,6 +110,25 @@ async fn import_matches_ctr_pull_for_a_single_platform_image() -> Result<()> {
     }
     // Importing again (content present, records present) is fine.
     rt.import(&store, &reference, &manifest).await?;
+
+    // What containerd exports (an OCI layout tarball) ingests back with the same manifest digest.
+    let mount = tempfile::tempdir()?;
+    let export = mount.path().join("exported.tar");
+    ctd.ctr(
+        NS,
+        &[
+            "images",
+            "export",
+            &export.display().to_string(),
+            &img.reference,
+        ],
+    )
+    .await?;
+    let fresh = Store::open(StoreConfig::new(tmp.path().join("fresh"))).await?;
+    let found = image_preheat::runtime::ingest_dir(&fresh, mount.path()).await?;
+    assert_eq!(found, vec![(reference, manifest)]);
+    let images = fresh.images().await?;
+    ensure!(images.len() == 1 && images[0].complete, "{images:?}");
     Ok(())
 }
 

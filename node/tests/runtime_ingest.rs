@@ -69,7 +69,7 @@ async fn docker_save_tarball_is_ingested_and_imported_with_the_registry_stopped(
 async fn our_archive_round_trips_with_the_manifest_digest() -> Result<()> {
     let reg = Registry::start().await?;
     let img = ImageBuilder::new()
-        .layers(&[70_000, 3000, 70_000])
+        .layers(&[70_000, 3000, (3 << 20) + 1])
         .push(&reg, "team/round:v1")
         .await?;
     let tmp = tempfile::tempdir()?;
@@ -88,9 +88,14 @@ async fn our_archive_round_trips_with_the_manifest_digest() -> Result<()> {
         reference.clone(),
         img.manifest_digest,
     ));
+    let mut largest = 0;
     while let Some(piece) = archive.next().await {
-        bytes.extend_from_slice(&piece?);
+        let piece = piece?;
+        largest = largest.max(piece.len());
+        bytes.extend_from_slice(&piece);
     }
+    // Streamed in bounded pieces, never a whole layer at once.
+    assert!(largest <= 256 * 1024, "a {largest}-byte piece");
     let mount = tempfile::tempdir()?;
     std::fs::write(mount.path().join("plain.tar"), &bytes)?;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
