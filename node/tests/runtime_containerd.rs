@@ -108,6 +108,22 @@ async fn import_matches_ctr_pull_for_a_single_platform_image() -> Result<()> {
     for (d, _) in img.blobs() {
         assert!(content.contains(&d.to_string()), "{d} not in {content}");
     }
+    // No lease is left, and a synchronous garbage collection (triggered by removing another
+    // record) keeps every blob and snapshot: the GC labels hold them.
+    let leases = ctd.ctr(NS, &["leases", "ls"]).await?;
+    assert!(!leases.contains("image-preheat-"), "{leases}");
+    ctd.ctr(
+        NS,
+        &["images", "tag", &img.reference, "example.org/gc/probe:1"],
+    )
+    .await?;
+    ctd.ctr(NS, &["images", "rm", "--sync", "example.org/gc/probe:1"])
+        .await?;
+    let ready = ctd
+        .ctr(NS, &["images", "check", "-q", "--snapshotter", "native"])
+        .await?;
+    assert!(ready.lines().any(|l| l == img.reference), "{ready}");
+
     // Importing again (content present, records present) is fine.
     rt.import(&store, &reference, &manifest).await?;
 
