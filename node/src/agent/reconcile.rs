@@ -237,13 +237,13 @@ impl Reconciler {
             .store(self.store.usage(), self.store.max_bytes());
     }
 
-    /// The manifest of `key` if the store holds that image complete.
-    async fn stored(&self, key: &str) -> Option<Digest> {
+    /// The manifest and size of `key` if the store holds that image complete.
+    async fn stored(&self, key: &str) -> Option<(Digest, u64)> {
         let images = self.store.images().await.ok()?;
         images
             .into_iter()
             .find(|s| s.complete && s.record.reference == key)
-            .map(|s| s.record.manifest)
+            .map(|s| (s.record.manifest, s.size))
     }
 
     /// Whether every runtime has the image (true with no runtimes).
@@ -297,13 +297,14 @@ impl Reconciler {
         reference: &Reference,
         cancel: &CancellationToken,
     ) -> anyhow::Result<()> {
-        if let Some(manifest) = self.stored(key).await {
+        if let Some((manifest, size)) = self.stored(key).await {
             if self.in_runtimes(reference, &manifest).await? {
                 self.status.update(key, |e| {
                     e.state = State::Complete;
                     e.manifest = Some(manifest);
                     e.in_runtime = !self.runtimes.is_empty();
-                    e.done_bytes = e.total_bytes.max(e.done_bytes);
+                    e.total_bytes = size;
+                    e.done_bytes = size;
                     e.error = None;
                 });
                 return Ok(());

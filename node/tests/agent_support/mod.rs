@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use preheat_testkit::free_port;
@@ -284,6 +286,7 @@ impl ConfigMapDir {
 /// test can act while a transfer is running. Dropped with its task.
 pub struct SlowProxy {
     pub addr: SocketAddr,
+    rate: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -291,12 +294,19 @@ impl SlowProxy {
     pub async fn start(upstream: SocketAddr, rate: u64) -> SlowProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let rate = Arc::new(AtomicU64::new(rate));
+        let r = rate.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(relay(client, upstream, rate));
+                tokio::spawn(relay(client, upstream, r.clone()));
             }
         });
-        SlowProxy { addr, task }
+        SlowProxy { addr, rate, task }
+    }
+
+    /// Changes the rate of every connection, open or new.
+    pub fn set_rate(&self, rate: u64) {
+        self.rate.store(rate, Ordering::Relaxed);
     }
 
     pub fn host(&self) -> String {
@@ -310,7 +320,7 @@ impl Drop for SlowProxy {
     }
 }
 
-async fn relay(client: TcpStream, upstream: SocketAddr, rate: u64) {
+async fn relay(client: TcpStream, upstream: SocketAddr, rate: Arc<AtomicU64>) {
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };
@@ -320,7 +330,6 @@ async fn relay(client: TcpStream, upstream: SocketAddr, rate: u64) {
         let _ = tokio::io::copy(&mut cr, &mut sw).await;
     });
     let piece = 16 * 1024;
-    let pause = Duration::from_secs_f64(piece as f64 / rate as f64);
     let mut buf = vec![0u8; piece];
     loop {
         match sr.read(&mut buf).await {
@@ -329,7 +338,8 @@ async fn relay(client: TcpStream, upstream: SocketAddr, rate: u64) {
                 if cw.write_all(&buf[..n]).await.is_err() {
                     break;
                 }
-                tokio::time::sleep(pause).await;
+                let rate = rate.load(Ordering::Relaxed).max(1);
+                tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64)).await;
             }
         }
     }
