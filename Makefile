@@ -12,7 +12,7 @@ deps:
 build:
 	$(CARGO) build --workspace --all-targets
 
-## demo: start a local registry with a generated image and pull it into a store
+## demo: a local registry with a generated image, DEMO_NODES (4) agents on loopback preheat it; per-node time and bytes by source
 demo: deps
 	$(CARGO) build -p image-preheat -p preheat-testkit --bins
 	./scripts/demo.sh "$(BIN)" "$(CARGO_TARGET_DIR)/debug/preheat-fixture"

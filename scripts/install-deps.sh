@@ -19,6 +19,7 @@ declare -A PKGS=(
   [dockerd]=docker.io
   [tc]=iproute2
   [promtool]=prometheus
+  [jq]=jq
   [go]=golang-go
   [kubectl]=kubernetes-client
 )
