@@ -148,3 +148,57 @@ async fn promtool_accepts(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_streams_a_docker_archive_one_at_a_time() {
+    let reg = Registry::start().await.unwrap();
+    let a = ImageBuilder::new()
+        .seed(13)
+        .layers(&[MIB, MIB / 4])
+        .push(&reg, "http/dl:1")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("images.list");
+    std::fs::write(&list, format!("{}\n", a.reference)).unwrap();
+    let store = dir.path().join("store");
+    let host = reg.host();
+    let mut spec = Spec::new("node-dl", &store, &list, &host);
+    spec.env.push(("DOWNLOAD_API_CONCURRENCY", "1".into()));
+    let mut agent = Agent::start(spec).await;
+    let missing = format!("/images/download?image={host}/http/none:1");
+    let (code, err) = agent.get_json(&missing).await;
+    assert_eq!(code, 404, "{err}");
+    agent.wait_complete(&canonical(&a.reference)).await;
+
+    let path = format!("/images/download?image={}", a.reference);
+    let first = agent.get(&path).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["content-type"], "application/x-tar");
+    // The first response holds the only slot until its body is consumed or dropped.
+    let (code, err) = agent.get_json(&path).await;
+    assert_eq!(code, 429, "{err}");
+    assert!(err["message"]
+        .as_str()
+        .unwrap()
+        .contains("DOWNLOAD_API_CONCURRENCY"));
+    let body = first.bytes().await.unwrap();
+    let mut names = Vec::new();
+    let mut archive = tar::Archive::new(&body[..]);
+    for e in archive.entries().unwrap() {
+        let e = e.unwrap();
+        names.push(e.path().unwrap().display().to_string());
+    }
+    assert!(names.iter().any(|n| n == "manifest.json"), "{names:?}");
+    for (d, _) in &a.layers {
+        assert!(
+            names.iter().any(|n| n.contains(&d.hex())),
+            "layer {d} in {names:?}"
+        );
+    }
+    // The slot is free again.
+    let again = agent.get(&path).await.unwrap();
+    assert_eq!(again.status(), 200);
+    drop(again);
+    assert_eq!(agent.sigterm().await.code(), Some(0));
+}
