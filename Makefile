@@ -20,6 +20,7 @@ demo: deps
 ## test: install what tests need, check formatting and lints, run every test
 test: deps lint
 	$(CARGO) test --workspace --no-fail-fast
+	./scripts/check-deploy.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
