@@ -92,6 +92,9 @@ fn start_with_dns(host: &Host, args: &[&str], dns_name: &str, log: &Path) -> Lab
         .args(["--external-addr", &ip, "--peer-discovery-interval", "1s"])
         .env("LOG_FORMAT", "json")
         .env("LOG_LEVEL", "info")
+        // What `agent` needs beyond a swarm node (ignored by `fetch-blob`).
+        .env("NODE_NAME", &ip)
+        .env("RUNTIME", "none")
         .stdin(Stdio::null())
         .stdout(File::create(log.with_extension("out")).unwrap())
         .stderr(File::create(log.with_extension("err")).unwrap());

@@ -25,6 +25,11 @@ fn command(args: &[&str]) -> Command {
         .env_remove("PEERS")
         .env_remove("PEERS_DNS")
         .env_remove("SWARM_ADDR")
+        // What `agent` needs beyond a swarm node (ignored by `pull`): a name, a free HTTP port,
+        // no container runtime.
+        .env("NODE_NAME", "test-node")
+        .env("HTTP_ADDR", "127.0.0.1:0")
+        .env("RUNTIME", "none")
         .kill_on_drop(true);
     cmd
 }
