@@ -86,11 +86,14 @@ async fn run(
     // Capacity 1: one pending "something changed" is all the reader needs.
     let (ev_tx, mut ev_rx) = mpsc::channel::<()>(1);
     let mut watcher = None;
+    let mut warned = false;
     let mut last: Option<String> = None;
     let mut ticker = tokio::time::interval(poll);
     loop {
         if watcher.is_none() {
-            watcher = watch_dir(&path, ev_tx.clone());
+            // Retried every poll (the directory may appear later); warned about once.
+            watcher = watch_dir(&path, ev_tx.clone(), !warned);
+            warned = true;
         }
         reload(&path, &mut last, &metrics, &tx).await;
         tokio::select! {
@@ -105,7 +108,7 @@ async fn run(
     }
 }
 
-fn watch_dir(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+fn watch_dir(path: &Path, tx: mpsc::Sender<()>, warn: bool) -> Option<notify::RecommendedWatcher> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -119,7 +122,9 @@ fn watch_dir(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWat
     let mut w = match notify::recommended_watcher(handler) {
         Ok(w) => w,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot create a file watcher; polling the image list");
+            if warn {
+                tracing::warn!(error = %e, "cannot create a file watcher; polling the image list");
+            }
             return None;
         }
     };
@@ -129,8 +134,10 @@ fn watch_dir(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWat
             Some(w)
         }
         Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e,
-                "cannot watch the image list directory; polling it");
+            if warn {
+                tracing::warn!(dir = %dir.display(), error = %e,
+                    "cannot watch the image list directory; polling it");
+            }
             None
         }
     }
