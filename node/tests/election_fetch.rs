@@ -11,8 +11,9 @@ mod election_support;
 use std::time::Duration;
 
 use election_support::{assert_complete, cluster, origin, spawn_fetch, Election, MIB, NS};
-use image_preheat::fetch::PullResult;
+use image_preheat::fetch::{PullResult, ResolvedVia};
 use preheat_testkit::kube_api::KubeApi;
+use preheat_testkit::AccessLogEntry;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_nodes_race_and_each_blob_leaves_the_registry_once() -> anyhow::Result<()> {
@@ -85,5 +86,36 @@ async fn coordination_free_five_nodes_pull_each_blob_once() -> anyhow::Result<()
         "{reports:#?}"
     );
     assert!(nodes.iter().all(|n| n.lease_metrics.total() == 0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn later_nodes_resolve_the_tag_through_the_swarm_without_the_registry() -> anyhow::Result<()>
+{
+    let origin = origin(&[MIB, MIB]).await?;
+    let nodes = cluster(3, &origin, Election::None).await?;
+    let first = spawn_fetch(&nodes[0], &origin.reference).await??;
+    assert_eq!(first.resolved_via, ResolvedVia::Registry);
+    origin.settle_log().await?;
+    let manifest_gets = |log: &[AccessLogEntry]| {
+        log.iter()
+            .filter(|e| e.manifest_reference().is_some())
+            .count()
+    };
+    let before = origin.registry.access_log()?;
+    for node in &nodes[1..] {
+        let r = spawn_fetch(node, &origin.reference).await??;
+        assert_eq!(r.resolved_via, ResolvedVia::Swarm, "{}", node.name);
+        assert_eq!(r.manifest, origin.image.manifest_digest);
+        assert_eq!(r.registry_bytes, 0);
+        assert_complete(node, &origin).await?;
+    }
+    let after = origin.registry.access_log()?;
+    assert_eq!(
+        manifest_gets(&after),
+        manifest_gets(&before),
+        "manifest requests"
+    );
+    assert_eq!(origin.blob_gets()?, vec![1; origin.image.blobs().len()]);
     Ok(())
 }

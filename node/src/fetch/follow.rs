@@ -140,3 +140,36 @@ pub(super) async fn follow(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Record(Mutex<Vec<(u64, u64)>>, AtomicU64);
+
+    impl PullProgress for Record {
+        fn start(&self, total: u64, already: u64) {
+            self.0.lock().unwrap().push((total, already));
+        }
+        fn advance(&self, bytes: u64) {
+            self.1.fetch_add(bytes, Ordering::SeqCst);
+        }
+        fn blob_done(&self, _: &Digest) {}
+        fn message(&self, _: &str) {}
+    }
+
+    #[test]
+    fn a_second_start_becomes_an_advance_of_what_is_new() {
+        let rec = Arc::new(Record::default());
+        let t = Tracker::new(rec.clone());
+        t.start(100, 10);
+        t.advance(20);
+        // A role switch re-counts the store: 10 + 20 were reported, 45 are stored now.
+        t.start(100, 45);
+        // Re-counting less than was reported (a dropped unfinished chunk) reports nothing.
+        t.start(100, 40);
+        assert_eq!(*rec.0.lock().unwrap(), vec![(100, 10)]);
+        assert_eq!(rec.1.load(Ordering::SeqCst), 20 + 15);
+    }
+}
