@@ -3,6 +3,7 @@
 
 pub mod fetch;
 pub mod lease;
+pub mod mirror;
 pub mod pull;
 pub mod registry;
 pub mod runtime;

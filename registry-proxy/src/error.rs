@@ -36,7 +36,7 @@ pub enum ProxyError {
     PathTooLong { len: usize },
     #[error("request headers are larger than the limit")]
     HeadersTooLarge,
-    /// Reserved for the credential check of private repositories.
+    /// The repository needs credentials the upstream accepts (see [`crate::Access`]).
     #[error("authentication required")]
     Unauthorized,
     /// A source returned a manifest whose bytes do not hash to the digest it claimed.
@@ -184,6 +184,12 @@ impl IntoResponse for ProxyError {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 h.insert(header::CONTENT_RANGE, v);
             }
+        }
+        if let Self::Unauthorized = self {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"image-preheat mirror\""),
+            );
         }
         if let Self::Unsupported { .. } = self {
             h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));

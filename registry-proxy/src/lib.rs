@@ -18,6 +18,7 @@
 //! - Manifests are served byte-exact and only if they hash to their digest.
 //! - Implementations of [`Source`] are checked by [`conformance::check_source`].
 
+mod access;
 pub mod conformance;
 mod error;
 mod memory;
@@ -30,13 +31,16 @@ mod source;
 
 use std::time::Duration;
 
+pub use access::{Access, AccessRequest, Object};
 pub use error::{BoxError, ProxyError};
 pub use memory::MemorySource;
 pub use metrics::Metrics;
 pub use name::{parse_v2_path, RepoName, TagOrDigest, V2Path, NAME_MAX_LEN};
 pub use range::{parse_range, ByteRange, RangeSpec, RangeSyntaxError};
-pub use router::{router, API_VERSION_HEADER, CONTENT_DIGEST_HEADER, MAX_URI_LEN};
-pub use server::serve;
+pub use router::{
+    router, router_with_access, API_VERSION_HEADER, CONTENT_DIGEST_HEADER, MAX_URI_LEN,
+};
+pub use server::{serve, serve_app};
 pub use source::{
     check_manifest, Blob, BlobBody, BlobStat, Chain, Manifest, Source, SourceKind,
     MANIFEST_MAX_BYTES,

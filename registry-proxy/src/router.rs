@@ -19,6 +19,7 @@ use futures::TryStreamExt;
 use preheat_core::Digest;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::access::{Access, AccessRequest, Object};
 use crate::error::ProxyError;
 use crate::metrics::{Kind, Metrics, Outcome};
 use crate::name::{parse_ns, parse_v2_path, RepoName, TagOrDigest, V2Path};
@@ -40,16 +41,29 @@ struct AppState {
     cfg: Arc<ProxyConfig>,
     metrics: Metrics,
     permits: Arc<Semaphore>,
+    access: Option<Arc<dyn Access>>,
 }
 
 /// The mirror's router: every path goes to one handler (no other routes are served).
 pub fn router(source: Arc<dyn Source>, cfg: ProxyConfig, metrics: Metrics) -> Router {
+    router_with_access(source, None, cfg, metrics)
+}
+
+/// [`router`] with an [`Access`] check asked before any source for manifests and blobs (`None`:
+/// every request may read everything).
+pub fn router_with_access(
+    source: Arc<dyn Source>,
+    access: Option<Arc<dyn Access>>,
+    cfg: ProxyConfig,
+    metrics: Metrics,
+) -> Router {
     let permits = Arc::new(Semaphore::new(cfg.max_concurrent));
     let state = AppState {
         source,
         cfg: Arc::new(cfg),
         metrics,
         permits,
+        access,
     };
     Router::new().fallback(handle).with_state(state)
 }
@@ -137,6 +151,7 @@ async fn serve_request(st: &AppState, req: &Parts) -> Result<Response, ProxyErro
                     return Ok(ProxyError::ManifestUnknown.into_response());
                 }
             }
+            check_access(st, req, &name, ns, Object::Manifest(&reference)).await?;
             Ok(manifest(st, &name, &reference, ns, head).await)
         }
         V2Path::Blob { name, digest } => {
@@ -149,9 +164,31 @@ async fn serve_request(st: &AppState, req: &Parts) -> Result<Response, ProxyErro
                 }
                 _ => None,
             };
+            check_access(st, req, &name, ns, Object::Blob(&digest)).await?;
             Ok(blob(st, &name, &digest, ns, range, head).await)
         }
     }
+}
+
+/// Asks the access check, if any, with the client's `Authorization` header.
+async fn check_access(
+    st: &AppState,
+    req: &Parts,
+    name: &RepoName,
+    ns: Option<&str>,
+    object: Object<'_>,
+) -> Result<(), ProxyError> {
+    let Some(access) = &st.access else {
+        return Ok(());
+    };
+    access
+        .check(AccessRequest {
+            name,
+            ns,
+            object,
+            authorization: req.headers.get(header::AUTHORIZATION),
+        })
+        .await
 }
 
 /// Runs a source call under the overall resolve timeout; a timeout is a miss.

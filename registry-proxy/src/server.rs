@@ -35,9 +35,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let metrics = Metrics::new(registry);
-    let connections = Arc::new(Semaphore::new(cfg.max_connections));
-    let header_timeout = cfg.header_read_timeout;
+    let (max_connections, header_timeout) = (cfg.max_connections, cfg.header_read_timeout);
     let app = router(source, cfg, metrics);
+    serve_app(listener, app, max_connections, header_timeout, shutdown).await
+}
+
+/// Serves `app` (a [`crate::router`] or [`crate::router_with_access`]) on `listener` as [`serve`]
+/// does, with its connection cap and header read timeout; holds no borrow, so it can be spawned.
+pub async fn serve_app(
+    listener: TcpListener,
+    app: axum::Router,
+    max_connections: usize,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let connections = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
     loop {

@@ -212,6 +212,13 @@ impl Store {
         v
     }
 
+    /// True while a partial of `d` exists and a writer (or a discard) holds it: its chunks are
+    /// still arriving, as opposed to a partial left for a later resume.
+    pub fn being_written(&self, d: &Digest) -> bool {
+        let st = self.inner.lock();
+        st.partials.contains_key(d) && st.busy.contains(d)
+    }
+
     /// Size of a complete blob.
     pub async fn blob_len(&self, d: &Digest) -> Result<Option<u64>, StoreError> {
         Ok(self.inner.lock().blobs.get(d).map(|e| e.size))
