@@ -64,3 +64,58 @@ async fn sigterm_during_a_transfer_exits_promptly_and_leaves_a_resumable_store()
     );
     assert_eq!(agent.sigterm().await.code(), Some(0));
 }
+
+/// With `LEASE=kube` (an in-test Lease API reached through a kubeconfig) the agent holds the
+/// image's Lease while it pulls; SIGTERM hands it over: after the exit no Lease names this node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_pull_releases_the_lease() {
+    let api = preheat_testkit::kube_api::KubeApi::start().await.unwrap();
+    let reg = Registry::start().await.unwrap();
+    let img = ImageBuilder::new()
+        .seed(42)
+        .layers(&[12 * MIB, 12 * MIB])
+        .push(&reg, "term/leased:1")
+        .await
+        .unwrap();
+    let proxy = SlowProxy::start(reg.addr(), MIB).await;
+    let reference = img.reference_via(&proxy.host());
+    let image = canonical(&reference);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {}\n\
+             users:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: t\n    user: u\n\
+             current-context: c\n",
+            api.url()
+        ),
+    )
+    .unwrap();
+    let list = dir.path().join("images.list");
+    std::fs::write(&list, format!("{reference}\n")).unwrap();
+    let store = dir.path().join("store");
+    let host = proxy.host();
+    let mut spec = Spec::new("node-l", &store, &list, &host);
+    spec.env.push(("LEASE", "kube".into()));
+    spec.env.push(("K8S_NAMESPACE", "preheat".into()));
+    spec.env
+        .push(("KUBECONFIG", kubeconfig.display().to_string()));
+    let mut agent = Agent::start(spec).await;
+    agent
+        .wait_status("transfer under way", |s| {
+            entry(s, &image)
+                .is_some_and(|e| e["state"] == "fetching" && e["bytes"].as_u64().unwrap() > MIB)
+        })
+        .await;
+    let held = |api: &preheat_testkit::kube_api::KubeApi| {
+        api.lease_names("preheat")
+            .iter()
+            .filter_map(|n| api.lease("preheat", n))
+            .filter(|l| l["spec"]["holderIdentity"] == "node-l")
+            .count()
+    };
+    assert_eq!(held(&api), 1, "the puller holds the image's Lease");
+    assert_eq!(agent.sigterm().await.code(), Some(0));
+    assert_eq!(held(&api), 0, "the Lease was handed over at shutdown");
+}

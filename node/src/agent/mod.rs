@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Shutdown (SIGTERM/SIGINT): stop scheduling, abandon fetches, give imports a grace period,
-//! stop the HTTP server, withdraw provider records, stop the swarm — all within [`EXIT_BOUND`].
+//! let abandoned elections hand their Leases over, stop the HTTP server, withdraw provider records,
+//! stop the swarm — all within [`EXIT_BOUND`].
 
 mod config;
 mod download;
@@ -45,6 +46,8 @@ use crate::cli::EXIT_RUNTIME;
 pub const EXIT_BOUND: Duration = Duration::from_secs(9);
 /// Running imports may finish within this after SIGTERM; fetches stop at once.
 const IMPORT_GRACE: Duration = Duration::from_secs(4);
+/// Elections get this long after the reconciler stopped to hand their Leases over.
+const LEASE_GRACE: Duration = Duration::from_secs(2);
 /// Open HTTP responses (downloads) are cut after this.
 const HTTP_GRACE: Duration = Duration::from_secs(2);
 
@@ -174,7 +177,7 @@ pub async fn agent(args: AgentArgs) -> u8 {
         store.clone(),
         client,
         Some(handle.clone()),
-        Some(elector),
+        Some(elector.clone()),
         fetch_cfg,
         FetchMetrics::register(&mut registry),
     ));
@@ -229,10 +232,17 @@ pub async fn agent(args: AgentArgs) -> u8 {
     let deadline = Instant::now() + EXIT_BOUND;
     tracing::info!(signal, "agent stopping");
     cancel.cancel();
-    let (_, served) = tokio::join!(
-        tokio::time::timeout(IMPORT_GRACE + Duration::from_millis(500), reconciling),
-        tokio::time::timeout(HTTP_GRACE, server),
-    );
+    let drain = async {
+        let _ = tokio::time::timeout(IMPORT_GRACE + Duration::from_millis(500), reconciling).await;
+        // Abandoned elections hand their Leases over from their own tasks; let them.
+        if tokio::time::timeout(LEASE_GRACE, elector.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("lease elections still running at shutdown; their Leases will expire");
+        }
+    };
+    let (_, served) = tokio::join!(drain, tokio::time::timeout(HTTP_GRACE, server));
     if served.is_err() {
         tracing::warn!("cutting open HTTP responses at shutdown");
     }

@@ -2,6 +2,8 @@
 //! view of the swarm, and publishes the role through a watch channel.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -12,7 +14,7 @@ use preheat_core::election::{lease_name, Action, Election, LeaseRecord, Observed
 use preheat_core::Digest;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -77,6 +79,25 @@ pub struct LeaseElector {
     cfg: LeaseConfig,
     member_id: String,
     api: Option<LeaseApi>,
+    running: Arc<Running>,
+}
+
+/// Election tasks still running (a dropped election's task still hands its Lease over).
+#[derive(Debug, Default)]
+struct Running {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// Counts one election task while it lives.
+struct RunningGuard(Arc<Running>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl LeaseElector {
@@ -109,6 +130,7 @@ impl LeaseElector {
             cfg,
             member_id: member_id.into(),
             api,
+            running: Arc::default(),
         })
     }
 
@@ -134,6 +156,18 @@ impl LeaseElector {
 
     pub fn config(&self) -> &LeaseConfig {
         &self.cfg
+    }
+
+    /// Waits until no election task of this elector (or its clones) runs, e.g. at shutdown after
+    /// the elections were dropped: their tasks hand the Leases over first. Bound it with a timeout.
+    pub async fn wait_idle(&self) {
+        loop {
+            let idle = self.running.idle.notified();
+            if self.running.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
     }
 
     /// Runs the election for `image` in a task until [`ImageElection::complete`] (or drop).
@@ -165,7 +199,12 @@ impl LeaseElector {
             rng: StdRng::from_entropy(),
             acquired: None,
         };
-        let task = tokio::spawn(run.run(view, stop_rx));
+        self.running.count.fetch_add(1, Ordering::SeqCst);
+        let guard = RunningGuard(self.running.clone());
+        let task = tokio::spawn(async move {
+            let _running = guard;
+            run.run(view, stop_rx).await;
+        });
         ImageElection {
             status: rx,
             stop: Some(stop_tx),
