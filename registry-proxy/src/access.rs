@@ -29,7 +29,8 @@ pub struct AccessRequest<'a> {
 
 /// Decides whether a request may be served. `Err` is the answer sent instead of content:
 /// [`ProxyError::Unauthorized`] (401 with a Basic challenge, so a client holding credentials for
-/// the mirror sends them), or a miss (404, so the client asks the origin itself).
+/// the mirror sends them), or a miss (404, so the client asks the origin itself). With an access
+/// check the router also answers `GET /v2/` without `Authorization` with that 401 challenge.
 #[async_trait]
 pub trait Access: Send + Sync + 'static {
     async fn check(&self, req: AccessRequest<'_>) -> Result<(), ProxyError>;

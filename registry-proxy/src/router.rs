@@ -136,6 +136,12 @@ async fn serve_request(st: &AppState, req: &Parts) -> Result<Response, ProxyErro
     let ns = ns.as_deref();
     match path {
         V2Path::Base => {
+            // With an access check, the version check challenges clients that sent no
+            // credentials: clients such as skopeo only send them after a challenge here (one
+            // without credentials then goes on anonymously).
+            if st.access.is_some() && !req.headers.contains_key(header::AUTHORIZATION) {
+                return Err(ProxyError::Unauthorized);
+            }
             // The version check is not a mirror hit: not counted, and not a "last success".
             let mut resp = (StatusCode::OK, "{}").into_response();
             resp.headers_mut().insert(

@@ -1,0 +1,188 @@
+//! Two nodes on loopback, each with its own store and swarm node: node A pulled an image from a
+//! real docker-registry; node B's mirror serves it to `skopeo copy` through the swarm, byte for
+//! byte equal to a copy straight from the origin, and the origin sees no blob request from B.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+#[path = "election_support/mod.rs"]
+mod election_support;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use anyhow::{ensure, Context, Result};
+use election_support::{cluster, origin, Election, GUARD, MIB};
+use image_preheat::fetch::{FetchConfig, FetchMetrics, ImageFetcher};
+use image_preheat::mirror::{serve_on, MirrorArgs, Upstream, UpstreamFetch};
+use image_preheat::pull::NoProgress;
+use image_preheat::registry::{RegistryClient, RegistryConfig};
+use prometheus_client::registry::Registry as Metrics;
+
+fn skopeo_copy(reference: &str, dest: &Path) -> Result<()> {
+    let out = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false", "--retry-times=0"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("dir:{}", dest.display()))
+        .output()
+        .context("running skopeo")?;
+    ensure!(
+        out.status.success(),
+        "skopeo copy {reference} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Every file of `a` equals the same file of `b`, and they hold the same names; returns how many.
+fn same_dir(a: &Path, b: &Path) -> Result<usize> {
+    let names = |d: &Path| -> Result<Vec<String>> {
+        let mut v: Vec<String> = std::fs::read_dir(d)?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_>>()?;
+        v.sort();
+        Ok(v)
+    };
+    let (na, nb) = (names(a)?, names(b)?);
+    ensure!(na == nb, "file names differ: {na:?} vs {nb:?}");
+    for n in &na {
+        ensure!(
+            std::fs::read(a.join(n))? == std::fs::read(b.join(n))?,
+            "{n} differs"
+        );
+    }
+    Ok(na.len())
+}
+
+fn metric(metrics: &Metrics, sample: &str) -> f64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, metrics).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_b_mirror_serves_node_a_image_through_the_swarm() -> Result<()> {
+    let origin = origin(&[3 * MIB + 4321, 700_000]).await?;
+    let nodes = cluster(2, &origin, Election::None).await?;
+    let (a, b) = (&nodes[0], &nodes[1]);
+
+    // Node A pulls from the origin without an election (B, never pulling itself, would win a
+    // coordination-free one) and publishes the tag record.
+    let registry = RegistryConfig {
+        insecure: vec![origin.proxy.host()],
+        ..RegistryConfig::default()
+    };
+    let a_fetcher = ImageFetcher::new(
+        a.store.clone(),
+        RegistryClient::new(registry.clone())?,
+        Some(a.swarm.clone()),
+        None,
+        FetchConfig::new("node-a"),
+        FetchMetrics::register(&mut Metrics::default()),
+    );
+    tokio::time::timeout(
+        GUARD,
+        a_fetcher.fetch(&origin.reference, Arc::new(NoProgress)),
+    )
+    .await??;
+    origin.settle_log().await?;
+    let before = origin.blob_gets()?;
+
+    // Node B's mirror: store, swarm and the upstream election, credential check on.
+    let args = MirrorArgs {
+        default_registry: origin.proxy.host(),
+        ..clap_defaults()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mirror = listener.local_addr()?;
+    let mut metrics = Metrics::default();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let fetcher: Arc<dyn UpstreamFetch> = Arc::new(b.fetcher.clone());
+    let upstream = Upstream {
+        fetcher: Some(fetcher),
+        registry,
+    };
+    let server = serve_on(
+        listener,
+        &args,
+        b.store.clone(),
+        Some(b.swarm.clone()),
+        upstream,
+        &mut metrics,
+        async {
+            let _ = stopped.await;
+        },
+    )?;
+    let server = tokio::spawn(server);
+
+    let tmp = tempfile::tempdir()?;
+    let (via_mirror, via_origin) = (tmp.path().join("mirror"), tmp.path().join("origin"));
+    let repo = &origin.image.repository;
+    let mirror_ref = format!("{mirror}/{repo}:v1");
+    let origin_ref = origin.image.reference.clone();
+    let copy = tokio::task::spawn_blocking({
+        let (m, o) = (via_mirror.clone(), via_origin.clone());
+        move || -> Result<()> {
+            skopeo_copy(&mirror_ref, &m)?;
+            skopeo_copy(&origin_ref, &o)
+        }
+    });
+    tokio::time::timeout(GUARD, copy).await???;
+    let files = same_dir(&via_mirror, &via_origin)?;
+    assert_eq!(files, 3 + origin.image.layers.len());
+    assert_eq!(
+        std::fs::read(via_mirror.join("manifest.json"))?,
+        origin.image.manifest_bytes,
+        "manifest not byte-exact"
+    );
+
+    // Every blob came from a peer. Then the origin log is flushed up to a sentinel request made
+    // after the copy (lines are written in order), and B added no blob GET. The direct skopeo
+    // copy from the origin added exactly one per blob.
+    assert!(
+        metric(
+            &metrics,
+            r#"mirror_requests_total{kind="blob",result="peer"}"#
+        ) >= origin.image.blobs().len() as f64
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"mirror_requests_total{kind="blob",result="upstream"}"#
+        ),
+        0.0
+    );
+    let sentinel = "/v2/sentinel/after-copy/manifests/none";
+    let _ = origin
+        .registry
+        .request(reqwest::Method::GET, sentinel)
+        .send()
+        .await?;
+    origin
+        .registry
+        .wait_access_log(GUARD, |log| log.iter().any(|e| e.path == sentinel))
+        .await?;
+    let after = origin.blob_gets()?;
+    let expected: Vec<usize> = before.iter().map(|n| n + 1).collect();
+    assert_eq!(after, expected, "blob GETs per blob: before {before:?}");
+
+    stop.send(()).ok();
+    tokio::time::timeout(GUARD, server).await???;
+    for n in &nodes {
+        n.swarm.shutdown().await;
+    }
+    Ok(())
+}
+
+/// The flag defaults, as the binary would parse them with no flag and no env.
+fn clap_defaults() -> MirrorArgs {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        mirror: MirrorArgs,
+    }
+    Cli::try_parse_from(["x"]).unwrap().mirror
+}
