@@ -6,61 +6,18 @@
 
 #[path = "election_support/mod.rs"]
 mod election_support;
+mod mirror_support;
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::Result;
 use election_support::{cluster, origin, Election, GUARD, MIB};
 use image_preheat::fetch::{FetchConfig, FetchMetrics, ImageFetcher};
 use image_preheat::mirror::{serve_on, MirrorArgs, Upstream, UpstreamFetch};
 use image_preheat::pull::NoProgress;
 use image_preheat::registry::{RegistryClient, RegistryConfig};
+use mirror_support::{clap_defaults, metric, same_dir, skopeo_copy};
 use prometheus_client::registry::Registry as Metrics;
-
-fn skopeo_copy(reference: &str, dest: &Path) -> Result<()> {
-    let out = Command::new("skopeo")
-        .args(["copy", "--src-tls-verify=false", "--retry-times=0"])
-        .arg(format!("docker://{reference}"))
-        .arg(format!("dir:{}", dest.display()))
-        .output()
-        .context("running skopeo")?;
-    ensure!(
-        out.status.success(),
-        "skopeo copy {reference} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// Every file of `a` equals the same file of `b`, and they hold the same names; returns how many.
-fn same_dir(a: &Path, b: &Path) -> Result<usize> {
-    let names = |d: &Path| -> Result<Vec<String>> {
-        let mut v: Vec<String> = std::fs::read_dir(d)?
-            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
-            .collect::<Result<_>>()?;
-        v.sort();
-        Ok(v)
-    };
-    let (na, nb) = (names(a)?, names(b)?);
-    ensure!(na == nb, "file names differ: {na:?} vs {nb:?}");
-    for n in &na {
-        ensure!(
-            std::fs::read(a.join(n))? == std::fs::read(b.join(n))?,
-            "{n} differs"
-        );
-    }
-    Ok(na.len())
-}
-
-fn metric(metrics: &Metrics, sample: &str) -> f64 {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, metrics).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_b_mirror_serves_node_a_image_through_the_swarm() -> Result<()> {
@@ -174,15 +131,4 @@ async fn node_b_mirror_serves_node_a_image_through_the_swarm() -> Result<()> {
         n.swarm.shutdown().await;
     }
     Ok(())
-}
-
-/// The flag defaults, as the binary would parse them with no flag and no env.
-fn clap_defaults() -> MirrorArgs {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        mirror: MirrorArgs,
-    }
-    Cli::try_parse_from(["x"]).unwrap().mirror
 }
