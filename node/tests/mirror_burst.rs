@@ -20,10 +20,10 @@ use mirror_support::{clap_defaults, metric, same_dir, skopeo_copy, start_mirror}
 async fn cold_pulls_through_two_mirrors_reach_the_registry_once() -> Result<()> {
     let origin = origin(&[2 * MIB + 77, 900_000]).await?;
     let nodes = cluster(2, &origin, Election::None).await?;
+    // Default timeouts: the first manifest waits for the background fetch's registry round trip
+    // within --mirror-upstream-timeout.
     let args = MirrorArgs {
         default_registry: origin.proxy.host(),
-        // The first manifest waits for the registry round trip; generous on a loaded machine.
-        resolve_timeout: GUARD,
         ..clap_defaults()
     };
     let mut mirrors = Vec::new();

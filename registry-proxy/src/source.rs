@@ -194,6 +194,17 @@ impl Chain {
         self
     }
 
+    /// Appends every link of `other`, each keeping the timeout it had there.
+    pub fn then(mut self, other: &Chain) -> Self {
+        for link in &other.links {
+            self.links.push(Link {
+                timeout: Some(link.timeout.unwrap_or(other.timeout)),
+                ..link.clone()
+            });
+        }
+        self
+    }
+
     /// Runs `f` against each link in order until one hits.
     async fn first_hit<'a, T, F>(
         &'a self,

@@ -19,6 +19,11 @@ pub struct MirrorArgs {
     #[arg(long = "mirror-resolve-timeout", env = "MIRROR_RESOLVE_TIMEOUT", default_value = "3s",
           value_parser = parse_positive_duration)]
     pub resolve_timeout: Duration,
+    /// How much longer a request may wait while the mirror's background fetch of its image (through
+    /// the registry election) is making progress; a request with no fetch running is not held.
+    #[arg(long = "mirror-upstream-timeout", env = "MIRROR_UPSTREAM_TIMEOUT", default_value = "30s",
+          value_parser = parse_positive_duration)]
+    pub upstream_timeout: Duration,
     /// How long a tag is looked up in the swarm (peers' tag records).
     #[arg(long = "mirror-tag-timeout", env = "MIRROR_TAG_TIMEOUT", default_value = "1s",
           value_parser = parse_positive_duration)]

@@ -10,7 +10,9 @@
 //!       → SwarmSource   tag records; blobs downloaded from peers into the store, streamed as
 //!                       their chunks arrive
 //!       → UpstreamSource background ImageFetcher (one registry puller per image in the cluster),
-//!                       answered from the store as the fetch fills it
+//!                       answered from the store as the fetch fills it; a manifest the store lacks
+//!                       starts that fetch at once (Prefetching), and a running fetch gets
+//!                       --mirror-upstream-timeout on top of the resolve timeout
 //!       → miss: 404 within --mirror-resolve-timeout, containerd goes to the registry itself
 //! ```
 //!
@@ -33,14 +35,14 @@ use std::time::Duration;
 use preheat_store::Store;
 use preheat_swarm::SwarmHandle;
 use prometheus_client::registry::Registry;
-use registry_proxy::{Access, Chain, Metrics, ProxyConfig, SourceKind};
+use registry_proxy::{Access, Chain, Metrics, ProxyConfig, Source, SourceKind};
 
 pub use access::{AccessConfig, AccessError, UpstreamAccess};
 pub use args::MirrorArgs;
 pub use local::{request_reference, stored_blob, stored_manifest, stored_size, StoreSource};
 pub use peer::{PeerConfig, SwarmSource};
 pub use sizes::{Learning, Sizes};
-pub use upstream::{UpstreamConfig, UpstreamFetch, UpstreamSource};
+pub use upstream::{Prefetching, UpstreamConfig, UpstreamFetch, UpstreamSource};
 
 use crate::registry::RegistryConfig;
 
@@ -128,8 +130,12 @@ pub fn serve_on(
     let sizes = Sizes::new();
     let stall = args.stall_timeout;
     let default_registry = args.default_registry.clone();
-    let local = StoreSource::new(store.clone(), default_registry.clone(), stall);
-    let mut chain = Chain::new(args.resolve_timeout).with(SourceKind::Local, Arc::new(local));
+    let local: Arc<dyn Source> = Arc::new(StoreSource::new(
+        store.clone(),
+        default_registry.clone(),
+        stall,
+    ));
+    let mut rest = Chain::new(args.resolve_timeout);
     if let Some(h) = swarm {
         let peer_cfg = PeerConfig {
             default_registry: default_registry.clone(),
@@ -138,23 +144,42 @@ pub fn serve_on(
             stall,
         };
         let peer = SwarmSource::new(h, store.clone(), sizes.clone(), peer_cfg);
-        chain = chain.with(SourceKind::Peer, Arc::new(peer));
+        rest = rest.with(SourceKind::Peer, Arc::new(peer));
     }
-    if let Some(fetcher) = upstream.fetcher {
-        let up_cfg = UpstreamConfig {
-            default_registry,
-            max_fetches: args.max_fetches as usize,
-            stall,
-        };
-        let up = UpstreamSource::new(store, fetcher, up_cfg);
-        chain = chain.with(SourceKind::Upstream, Arc::new(up));
-    }
-    let source = Arc::new(Learning {
-        inner: chain,
-        sizes,
-    });
+    let mut resolve_timeout = args.resolve_timeout;
+    let source: Arc<dyn Source> = match upstream.fetcher {
+        Some(fetcher) => {
+            let up_cfg = UpstreamConfig {
+                default_registry,
+                max_fetches: args.max_fetches as usize,
+                stall,
+            };
+            let up = Arc::new(UpstreamSource::new(store, fetcher, up_cfg));
+            // The store and swarm within the resolve timeout, then a running fetch gets longer.
+            resolve_timeout += args.upstream_timeout;
+            let rest = rest.with_timeout(SourceKind::Upstream, up.clone(), args.upstream_timeout);
+            let full = Chain::new(args.resolve_timeout)
+                .with(SourceKind::Local, local.clone())
+                .then(&rest);
+            Arc::new(Learning {
+                inner: Prefetching {
+                    local,
+                    upstream: up,
+                    rest,
+                    full,
+                },
+                sizes,
+            })
+        }
+        None => {
+            let full = Chain::new(args.resolve_timeout)
+                .with(SourceKind::Local, local)
+                .then(&rest);
+            Arc::new(Learning { inner: full, sizes })
+        }
+    };
     let cfg = ProxyConfig {
-        resolve_timeout: args.resolve_timeout,
+        resolve_timeout,
         max_concurrent: args.max_requests as usize,
         never_resolve_tags: args.never_resolve_tags.clone(),
         ..ProxyConfig::default()

@@ -3,7 +3,8 @@
 //! tag record or registry, then one registry puller per image in the cluster, the others follow
 //! through the swarm), and is answered from the store as soon as the fetch has recorded the
 //! manifest there. Blob requests of a repository with a fetch running wait until the fetch opens
-//! the blob's writer and then stream it as it is written.
+//! the blob's writer and then stream it as it is written. [`Prefetching`] starts the fetch as soon
+//! as the store misses a manifest, so it overlaps the swarm lookup.
 //!
 //! Invariants: at most `max_fetches` background fetches; one per reference; a fetch runs to its end
 //! even when the client gave up (the next pull finds the image stored); nothing is served that the
@@ -18,7 +19,7 @@ use preheat_core::reference::Reference;
 use preheat_core::Digest;
 use preheat_store::Store;
 use registry_proxy::{
-    Blob, BlobStat, BoxError, Manifest, ProxyError, RangeSpec, RepoName, Source, SourceKind,
+    Blob, BlobStat, BoxError, Chain, Manifest, ProxyError, RangeSpec, RepoName, Source, SourceKind,
     TagOrDigest,
 };
 
@@ -125,6 +126,13 @@ impl UpstreamSource {
             drop(guard);
         });
         true
+    }
+
+    /// Starts the background fetch a manifest request names (if the cap allows), without waiting.
+    pub fn prefetch(&self, name: &RepoName, reference: &TagOrDigest, ns: Option<&str>) {
+        if let Some(r) = request_reference(&self.cfg.default_registry, name, reference, ns) {
+            self.start(&r);
+        }
     }
 
     fn is_running(&self, reference: &str) -> bool {
@@ -236,5 +244,53 @@ impl Source for UpstreamSource {
             size,
             source: SourceKind::Upstream,
         }))
+    }
+}
+
+/// The mirror's source with upstream fetches: a manifest the store does not have starts the
+/// background fetch at once, while the swarm is still asked (`rest`), so the fetch's own tag
+/// lookup and registry round trip overlap the swarm's; blobs go through `full`.
+pub struct Prefetching {
+    /// The store link alone.
+    pub local: Arc<dyn Source>,
+    pub upstream: Arc<UpstreamSource>,
+    /// Every link after the store (swarm, upstream).
+    pub rest: Chain,
+    /// Every link.
+    pub full: Chain,
+}
+
+#[async_trait]
+impl Source for Prefetching {
+    async fn manifest(
+        &self,
+        name: &RepoName,
+        reference: &TagOrDigest,
+        ns: Option<&str>,
+    ) -> Result<Option<Manifest>, ProxyError> {
+        if let Some(m) = self.local.manifest(name, reference, ns).await? {
+            return Ok(Some(m));
+        }
+        self.upstream.prefetch(name, reference, ns);
+        self.rest.manifest(name, reference, ns).await
+    }
+
+    async fn blob(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        ns: Option<&str>,
+        range: Option<RangeSpec>,
+    ) -> Result<Option<Blob>, ProxyError> {
+        self.full.blob(name, digest, ns, range).await
+    }
+
+    async fn blob_size(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        ns: Option<&str>,
+    ) -> Result<Option<BlobStat>, ProxyError> {
+        self.full.blob_size(name, digest, ns).await
     }
 }
