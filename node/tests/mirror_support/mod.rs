@@ -89,3 +89,25 @@ pub async fn start_mirror(
     tokio::spawn(server);
     Ok((addr, metrics))
 }
+
+/// An `ImageFetcher` without an election: each blob from the swarm when a peer offers it within
+/// a second, else from the registry.
+pub fn unelected_fetcher(
+    store: &Store,
+    swarm: &SwarmHandle,
+    registry: &image_preheat::registry::RegistryConfig,
+    name: &str,
+) -> Result<image_preheat::fetch::ImageFetcher> {
+    use image_preheat::fetch::{FetchConfig, FetchMetrics, ImageFetcher};
+    Ok(ImageFetcher::new(
+        store.clone(),
+        image_preheat::registry::RegistryClient::new(registry.clone())?,
+        Some(swarm.clone()),
+        None,
+        FetchConfig {
+            swarm_find_timeout: std::time::Duration::from_secs(1),
+            ..FetchConfig::new(name)
+        },
+        FetchMetrics::register(&mut Metrics::default()),
+    ))
+}
