@@ -22,6 +22,8 @@ declare -A PKGS=(
   [jq]=jq
   [go]=golang-go
   [kubectl]=kubernetes-client
+  [aria2c]=aria2
+  [opentracker]=opentracker
 )
 
 missing=()

@@ -205,7 +205,7 @@ const COLORS: [&str; 6] = [
 /// An SVG step plot: per row, the hosts' completion times sorted ascending; a dashed line at the
 /// bound.
 pub fn svg(title: &str, rows: &[Row], bound: f64) -> String {
-    let (w, h, left, bottom, top, right) = (720.0, 400.0, 60.0, 40.0, 30.0, 200.0);
+    let (w, h, left, bottom, top, right) = (880.0, 400.0, 60.0, 40.0, 30.0, 240.0);
     let ymax = rows
         .iter()
         .flat_map(|r| r.completions.iter().copied())

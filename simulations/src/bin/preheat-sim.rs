@@ -23,6 +23,9 @@ struct Args {
     /// Layers the image is cut into (equal sizes).
     #[arg(long, env = "SIM_LAYERS", default_value_t = 4)]
     layers: u64,
+    /// Size of the image's config blob, fetched before the layers as real pulls do (0: none).
+    #[arg(long, env = "SIM_CONFIG_BLOB", default_value = "0", value_parser = parse_bytes)]
+    config_blob: u64,
     /// Node upload rate (e.g. 100Mbit, 1Gbit, 50MiB/s).
     #[arg(long, env = "SIM_UP", default_value = "100Mbit", value_parser = parse_link)]
     up: f64,
@@ -111,6 +114,9 @@ fn main() -> ExitCode {
     let mut sizes = vec![args.image_size / layers; usize::try_from(layers).unwrap_or(1)];
     if let Some(last) = sizes.last_mut() {
         *last += args.image_size % layers;
+    }
+    if args.config_blob > 0 {
+        sizes.insert(0, args.config_blob);
     }
     let links = Links {
         up: args.up,
