@@ -23,6 +23,7 @@ use preheat_simulations::report::{self, Row};
 use preheat_simulations::{bps, Links, SimConfig};
 use serde_json::json;
 
+use crate::preheat::Plan;
 use crate::scenarios::Measured;
 use crate::setup::{Env, Profile};
 
@@ -55,13 +56,14 @@ struct LabArgs {
         default_value = "slow,fast"
     )]
     profiles: Vec<String>,
-    /// Scenarios: preheat, direct, bittorrent; comma-separated (the bound and the simulator
-    /// always run).
+    /// Scenarios: preheat, direct, bittorrent, churn-host, churn-puller, rolling; comma-separated
+    /// (the bound and the simulator always run). `rolling` is not in the default: with
+    /// LEASE=none a lone wave waits for a puller that does not want the image (see README).
     #[arg(
         long,
         env = "BENCH_SCENARIOS",
         value_delimiter = ',',
-        default_value = "preheat,direct,bittorrent"
+        default_value = "preheat,direct,bittorrent,churn-host,churn-puller"
     )]
     scenarios: Vec<String>,
     /// Hosts per lab.
@@ -176,9 +178,38 @@ fn run_profile(
     let mut measured_a = None;
     if want("preheat") {
         eprintln!("== {}: (a) image-preheat", p.name);
-        let m = preheat::all_at_once(&env, &a.bin, a.scenario_timeout)?;
+        let m = preheat::run(&env, &a.bin, a.scenario_timeout, Plan::AllAtOnce)?;
         rows.push(row(&m.label, &m.measured, b));
         measured_a = Some(rows.len() - 1);
+    }
+    // Kill mid-transfer: at 40% of (a)'s median, or of the bound without (a).
+    let at = measured_a
+        .and_then(|i| rows[i].p50)
+        .map_or(b * 0.4, |p50| p50 * 0.4)
+        .max(2.0);
+    let plans = [
+        ("rolling", Plan::Rolling(0.2)),
+        (
+            "churn-host",
+            Plan::Kill {
+                puller: false,
+                at: Duration::from_secs_f64(at),
+            },
+        ),
+        (
+            "churn-puller",
+            Plan::Kill {
+                puller: true,
+                at: Duration::from_secs_f64(at),
+            },
+        ),
+    ];
+    for (name, plan) in plans {
+        if want(name) {
+            eprintln!("== {}: (e) {}", p.name, plan.label());
+            let m = preheat::run(&env, &a.bin, a.scenario_timeout, plan)?;
+            rows.push(row(&m.label, &m.measured, b));
+        }
     }
     if want("direct") {
         eprintln!("== {}: (b) registry-direct", p.name);
@@ -275,7 +306,8 @@ fn run_lab(a: &LabArgs) -> Result<()> {
     if removed > 0 {
         eprintln!("removed {removed} namespaces left by earlier runs");
     }
-    if a.scenarios.iter().any(|s| s == "preheat") && !Path::new(&a.bin).exists() {
+    let agents = ["preheat", "rolling", "churn-host", "churn-puller"];
+    if a.scenarios.iter().any(|s| agents.contains(&s.as_str())) && !Path::new(&a.bin).exists() {
         anyhow::bail!(
             "{} does not exist: build it with cargo build --release -p image-preheat",
             a.bin.display()

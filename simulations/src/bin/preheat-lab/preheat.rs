@@ -1,6 +1,7 @@
-//! Scenario (a): `image-preheat agent` on every host (store only, coordination-free election,
-//! peers from the lab DNS name); once all agents are up and connected, the image is written to
-//! every host's image list at the same moment. A host completes when its agent logs
+//! Scenarios (a) and (e): `image-preheat agent` on every host (store only, coordination-free
+//! election, peers from the lab DNS name); once all agents are up and connected, the image is
+//! written to the hosts' image lists — all at once, in rolling waves, or all at once with the
+//! registry puller or another host killed mid-transfer. A host completes when its agent logs
 //! "image preheated".
 
 use std::fs::File;
@@ -69,8 +70,35 @@ fn start_agents(env: &Env, bin: &Path, dir: &Path) -> Result<Vec<(LabProcess, Pa
     Ok(agents)
 }
 
-/// (a) every host is given the image at once.
-pub fn all_at_once(env: &Env, bin: &Path, bound: Duration) -> Result<PreheatRun> {
+/// How the image reaches the hosts' lists, and who dies.
+#[derive(Debug, Clone, Copy)]
+pub enum Plan {
+    /// (a) every host at once.
+    AllAtOnce,
+    /// (e) waves of this fraction of the hosts; a wave starts when the previous one completed.
+    Rolling(f64),
+    /// (e) every host at once; `at` after the start, the registry puller's (or another host's)
+    /// agent is killed.
+    Kill { puller: bool, at: Duration },
+}
+
+impl Plan {
+    pub fn label(&self) -> String {
+        match self {
+            Plan::AllAtOnce => "image-preheat (agents, all at once)".into(),
+            Plan::Rolling(f) => format!("image-preheat, rolling {:.0}%", f * 100.0),
+            Plan::Kill { puller: true, at } => {
+                format!("image-preheat, puller killed at {}s", at.as_secs())
+            }
+            Plan::Kill { puller: false, at } => {
+                format!("image-preheat, a host killed at {}s", at.as_secs())
+            }
+        }
+    }
+}
+
+/// Runs one image-preheat scenario on fresh agents.
+pub fn run(env: &Env, bin: &Path, bound: Duration, plan: Plan) -> Result<PreheatRun> {
     let dir = env.dir.join("preheat");
     let mut agents = start_agents(env, bin, &dir)?;
     let until = Instant::now() + STARTUP;
@@ -92,24 +120,72 @@ pub fn all_at_once(env: &Env, bin: &Path, bound: Duration) -> Result<PreheatRun>
         }
     }
     std::thread::sleep(SETTLE);
+    let n = agents.len();
+    let registry_lines = read(&env.registry_log).lines().count();
     let before = env.origin_body_bytes()?;
     let text = format!("{}\n", env.reference);
+    let per_wave = match plan {
+        // A fraction in (0, 1] of at most 240 hosts.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        Plan::Rolling(f) => ((n as f64 * f).ceil() as usize).clamp(1, n),
+        _ => n,
+    };
     let start = Instant::now();
-    for (_, _, list) in &agents {
-        let tmp = list.with_extension("tmp");
-        std::fs::write(&tmp, &text)?;
-        std::fs::rename(&tmp, list).context("publishing the image list")?;
-    }
-    let mut completions: Vec<Option<f64>> = vec![None; agents.len()];
+    let mut started: Vec<Option<f64>> = vec![None; n];
+    let mut completions: Vec<Option<f64>> = vec![None; n];
+    let mut killed: Option<usize> = None;
+    let mut next = 0;
     let mut registry_bytes = 0u64;
-    while completions.iter().any(Option::is_none) && start.elapsed() < bound {
-        for (c, (_, log, _)) in completions.iter_mut().zip(&agents) {
-            if c.is_some() {
+    while start.elapsed() < bound {
+        let wave_done = (0..next).all(|i| completions[i].is_some() || killed == Some(i));
+        if wave_done && next < n {
+            let now = start.elapsed().as_secs_f64();
+            for (i, (_, _, list)) in agents.iter().enumerate().skip(next).take(per_wave) {
+                let tmp = list.with_extension("tmp");
+                std::fs::write(&tmp, &text)?;
+                std::fs::rename(&tmp, list).context("publishing the image list")?;
+                started[i] = Some(now);
+            }
+            next = (next + per_wave).min(n);
+        }
+        if let Plan::Kill { puller, at } = plan {
+            if killed.is_none() && start.elapsed() >= at {
+                let ip = if puller {
+                    puller_ip_since(env, registry_lines)
+                } else {
+                    None
+                };
+                let victim = match ip {
+                    Some(ip) => env.hosts().iter().position(|h| h.ip().to_string() == ip),
+                    None if puller => None,
+                    // Not the puller: the first host still downloading that is not it.
+                    None => {
+                        let p = puller_ip_since(env, registry_lines);
+                        (0..n).find(|&i| {
+                            completions[i].is_none() && Some(env.hosts()[i].ip().to_string()) != p
+                        })
+                    }
+                };
+                if let Some(v) = victim {
+                    agents[v].0.kill()?;
+                    killed = Some(v);
+                    eprintln!(
+                        "killed the agent on host {v} at {:.1}s",
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+        for (i, (_, log, _)) in agents.iter().enumerate() {
+            let (Some(t0), None) = (started[i], completions[i]) else {
+                continue;
+            };
+            if killed == Some(i) {
                 continue;
             }
             let text = read(log);
             if let Some(line) = text.lines().find(|l| l.contains("image preheated")) {
-                *c = Some(start.elapsed().as_secs_f64());
+                completions[i] = Some(start.elapsed().as_secs_f64() - t0);
                 registry_bytes += serde_json::from_str::<serde_json::Value>(line)
                     .ok()
                     .and_then(|v| {
@@ -121,12 +197,15 @@ pub fn all_at_once(env: &Env, bin: &Path, bound: Duration) -> Result<PreheatRun>
                     .unwrap_or(0);
             }
         }
+        if next >= n && (0..n).all(|i| completions[i].is_some() || killed == Some(i)) {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
     let origin_bytes = env.origin_body_bytes()? - before;
     for (i, c) in completions.iter().enumerate() {
-        if c.is_none() {
+        if c.is_none() && killed != Some(i) {
             let log = read(&agents[i].1);
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
             eprintln!(
@@ -137,15 +216,40 @@ pub fn all_at_once(env: &Env, bin: &Path, bound: Duration) -> Result<PreheatRun>
     }
     drop(agents);
     let _ = std::fs::remove_dir_all(&dir);
+    if let Some(k) = killed {
+        completions.remove(k);
+    }
+    let mut note = format!(
+        "coordination-free election (LEASE=none); agents reported {} MiB from the registry",
+        registry_bytes >> 20
+    );
+    match (plan, killed) {
+        (Plan::Kill { .. }, None) => {
+            note.push_str("; nobody was killed (done before the kill time)")
+        }
+        (Plan::Kill { .. }, Some(k)) => {
+            note.push_str(&format!("; host {k} killed, its time excluded"))
+        }
+        (Plan::Rolling(_), _) => note.push_str(&format!(
+            "; waves of {per_wave}, times from each host's own start"
+        )),
+        _ => {}
+    }
     Ok(PreheatRun {
-        label: "image-preheat (agents, all at once)".into(),
+        label: plan.label(),
         measured: Measured {
             completions,
             origin_bytes,
-            note: format!(
-                "coordination-free election (LEASE=none); agents reported {} MiB from the registry",
-                registry_bytes >> 20
-            ),
+            note,
         },
     })
+}
+
+/// [`puller_ip`] over the registry log lines after the first `skip`.
+fn puller_ip_since(env: &Env, skip: usize) -> Option<String> {
+    let text = read(&env.registry_log);
+    text.lines()
+        .skip(skip)
+        .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:"))
+        .find_map(|l| l.split_whitespace().next().map(str::to_owned))
 }
