@@ -294,3 +294,22 @@ pub fn run(a: &Args) -> Result<()> {
     print!("{md}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gnu_time_line_is_the_last_non_empty_line() {
+        let err = "some log line\n1.52 0.40 0.61 58320\n\n";
+        assert_eq!(gnu_time(err), Some((1.52, 0.40, 0.61, 58320)));
+        assert_eq!(gnu_time("no timing here"), None);
+    }
+
+    #[test]
+    fn own_process_usage_is_readable() {
+        let (hwm, cpu) = proc_usage(std::process::id());
+        assert!(hwm > 0, "VmHWM of this test process");
+        assert!(cpu >= 0.0);
+    }
+}
