@@ -1,6 +1,8 @@
 # image-preheat — every job CI and people run goes through here.
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= /var/tmp/image-preheat-target
+# Incremental caches double the target dir; CI builds once per run.
+export CARGO_INCREMENTAL ?= 0
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/debug/image-preheat
 
