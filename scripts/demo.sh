@@ -57,7 +57,7 @@ for i in $(seq 0 $((NODES - 1))); do
   peers=()
   for j in $(seq 0 $((NODES - 1))); do [ "$j" != "$i" ] && peers+=("127.0.0.1:${swarm[$j]}"); done
   (IFS=,; exec env NODE_NAME="node-$i" STORE_DIR="$work/store-$i" IMAGE_LIST_PATH="$list" \
-    MOUNT_DIR="$work/mount-$i" HTTP_ADDR="127.0.0.1:${http[$i]}" SWARM_ADDR="127.0.0.1:${swarm[$i]}" \
+    MOUNT_DIR="$work/mount-$i" HTTP_ADDR="127.0.0.1:${http[$i]}" MIRROR_ADDR=127.0.0.1:0 SWARM_ADDR="127.0.0.1:${swarm[$i]}" \
     PEERS="${peers[*]}" INSECURE_REGISTRIES="$insecure" RUNTIME="$RUNTIME" LEASE="${DEMO_LEASE:-none}" \
     LOG_FORMAT=json LOG_LEVEL=warn "$BIN" agent 2> "$work/agent-$i.log") &
   pids+=($!)

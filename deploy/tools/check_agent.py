@@ -20,9 +20,7 @@ def agent_env_names(objs):
 
 # Variables the manifests set ahead of the agent, each with the reason: reported, not failed. Once
 # the agent accepts one, the check fails until it is removed from here.
-PENDING_ENV = {
-    "MIRROR_ADDR": "issue 6: the node-local mirror is not wired into `agent` yet",
-}
+PENDING_ENV = {}
 
 
 def check_env(binary, names):

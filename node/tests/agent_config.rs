@@ -53,6 +53,14 @@ async fn bad_environment_values_exit_64_naming_the_variable() {
         ),
         ("LEASE", "etcd", "expected one of kube, none"),
         ("NODE_NAME", "", "NODE_NAME"),
+        ("MIRROR_ADDR", "localhost", "MIRROR_ADDR"),
+        ("MIRROR_ENABLED", "maybe", "MIRROR_ENABLED"),
+        ("MIRROR_RESOLVE_TIMEOUT", "0s", "MIRROR_RESOLVE_TIMEOUT"),
+        (
+            "MIRROR_DEFAULT_REGISTRY",
+            "Not A Host",
+            "MIRROR_DEFAULT_REGISTRY",
+        ),
     ];
     for (var, value, expected) in cases {
         let mut env = vec![("NODE_NAME", "node-a"), ("HTTP_ADDR", "127.0.0.1:1")];

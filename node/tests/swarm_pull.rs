@@ -29,6 +29,7 @@ fn command(args: &[&str]) -> Command {
         // no container runtime.
         .env("NODE_NAME", "test-node")
         .env("HTTP_ADDR", "127.0.0.1:0")
+        .env("MIRROR_ADDR", "127.0.0.1:0")
         .env("RUNTIME", "none")
         .kill_on_drop(true);
     cmd

@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, CommandFactory, Parser};
 use image_preheat::fetch::LeaseArgs;
+use image_preheat::mirror::MirrorArgs;
 use image_preheat::runtime::RuntimeKind;
 
 use super::swarm_args::{parse_duration, PeerArgs};
@@ -90,6 +91,13 @@ pub struct AgentArgs {
     /// containerd namespace images are created in (kubelet uses k8s.io).
     #[arg(long, env = "CONTAINERD_NAMESPACE", default_value = "k8s.io")]
     pub containerd_namespace: String,
+    /// Serve the node-local registry mirror on --mirror-addr (containerd's hosts.toml points
+    /// there); `false` for nodes whose runtime does not use it.
+    #[arg(long = "mirror", env = "MIRROR_ENABLED", default_value_t = true,
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub mirror_enabled: bool,
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
 }
 
 fn parse_node_name(s: &str) -> Result<String, String> {

@@ -33,6 +33,8 @@ pub struct Api {
     pub registry: Registry,
     pub list: watch::Receiver<Arc<ImageList>>,
     pub list_path: PathBuf,
+    /// Where the registry mirror listens (None: switched off).
+    pub mirror_addr: Option<std::net::SocketAddr>,
     pub download: Download,
 }
 
@@ -236,6 +238,7 @@ async fn status(State(api): State<Arc<Api>>) -> Json<serde_json::Value> {
         "node": api.node_name,
         "peerId": api.swarm.local_peer_id().to_string(),
         "listenAddrs": listen,
+        "mirrorAddr": api.mirror_addr.map(|a| a.to_string()),
         "peers": peers,
         "store": { "usage": api.store.usage(), "maxBytes": api.store.max_bytes() },
         "imageList": {

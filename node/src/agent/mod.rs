@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use image_preheat::fetch::{FetchConfig, FetchMetrics, ImageFetcher};
 use image_preheat::lease::{LeaseElector, LeaseMetrics};
+use image_preheat::mirror::{self, Upstream};
 use image_preheat::registry::RegistryClient;
 use preheat_core::manifest::Platform;
 use preheat_swarm::SwarmHandle;
@@ -113,6 +114,10 @@ pub async fn agent(args: AgentArgs) -> u8 {
             return EXIT_CONFIG;
         }
     };
+    if let Err(e) = args.mirror.validate() {
+        eprintln!("error: bad configuration: {e}");
+        return EXIT_CONFIG;
+    }
     log_config(&args);
     let store = match args.store.open().await {
         Ok(s) => s,
@@ -126,6 +131,21 @@ pub async fn agent(args: AgentArgs) -> u8 {
             return EXIT_RUNTIME;
         }
     };
+    let mirror_listener = if args.mirror_enabled {
+        match tokio::net::TcpListener::bind(args.mirror.addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!(
+                    "error: cannot listen on MIRROR_ADDR {}: {e}",
+                    args.mirror.addr
+                );
+                return EXIT_RUNTIME;
+            }
+        }
+    } else {
+        None
+    };
+    let mirror_addr = mirror_listener.as_ref().and_then(|l| l.local_addr().ok());
     let mut registry = Registry::default();
     let metrics = metrics::AgentMetrics::register(&mut registry);
     let swarm_cfg = args.peers.swarm_config(args.swarm_addr);
@@ -173,14 +193,45 @@ pub async fn agent(args: AgentArgs) -> u8 {
         pulling_timeout: args.pulling_timeout,
         ..FetchConfig::new(args.node_name.clone())
     };
-    let source = fetcher::ElectedSource(ImageFetcher::new(
+    let image_fetcher = ImageFetcher::new(
         store.clone(),
         client,
         Some(handle.clone()),
         Some(elector.clone()),
         fetch_cfg,
         FetchMetrics::register(&mut registry),
-    ));
+    );
+    let cancel = CancellationToken::new();
+    let mirroring = match mirror_listener {
+        Some(listener) => {
+            let upstream = Upstream {
+                fetcher: Some(Arc::new(image_fetcher.clone())),
+                registry: args.registry.config(),
+            };
+            match mirror::serve_on(
+                listener,
+                &args.mirror,
+                store.clone(),
+                Some(handle.clone()),
+                upstream,
+                &mut registry,
+                cancel.clone().cancelled_owned(),
+            ) {
+                Ok(serving) => Some(tokio::spawn(serving)),
+                Err(e) => {
+                    eprintln!("error: {}", error_chain(&e));
+                    stop_node(&handle).await;
+                    return if e.is_config() {
+                        EXIT_CONFIG
+                    } else {
+                        EXIT_RUNTIME
+                    };
+                }
+            }
+        }
+        None => None,
+    };
+    let source = fetcher::ElectedSource(image_fetcher);
     let reconciler = reconcile::Reconciler::new(
         store.clone(),
         Arc::new(source),
@@ -198,7 +249,6 @@ pub async fn agent(args: AgentArgs) -> u8 {
         // Kept and imported like listed images, with no network (their blobs are stored).
         reconciler.request(&ingested);
     }
-    let cancel = CancellationToken::new();
     let list = image_list::spawn(
         args.image_list.clone(),
         args.interval,
@@ -214,6 +264,7 @@ pub async fn agent(args: AgentArgs) -> u8 {
         registry,
         list,
         list_path: args.image_list.clone(),
+        mirror_addr,
         download: download::Download::new(
             usize::from(args.download_api_concurrency),
             args.peers.download_rate_limit,
@@ -226,7 +277,7 @@ pub async fn agent(args: AgentArgs) -> u8 {
             .into_future(),
     );
     tracing::info!(node = %args.node_name, peer_id = %handle.local_peer_id(),
-        http = %args.http_addr, "agent started");
+        http = %args.http_addr, mirror = ?mirror_addr, "agent started");
 
     let signal = signals.recv().await;
     let deadline = Instant::now() + EXIT_BOUND;
@@ -242,7 +293,15 @@ pub async fn agent(args: AgentArgs) -> u8 {
             tracing::warn!("lease elections still running at shutdown; their Leases will expire");
         }
     };
-    let (_, served) = tokio::join!(drain, tokio::time::timeout(HTTP_GRACE, server));
+    let mirrored = async {
+        let Some(m) = mirroring else { return };
+        match tokio::time::timeout(HTTP_GRACE, m).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %error_chain(&e), "mirror server failed"),
+            Err(_) => tracing::warn!("cutting open mirror responses at shutdown"),
+            _ => {}
+        }
+    };
+    let (_, served, ()) = tokio::join!(drain, tokio::time::timeout(HTTP_GRACE, server), mirrored);
     if served.is_err() {
         tracing::warn!("cutting open HTTP responses at shutdown");
     }
@@ -302,6 +361,9 @@ fn log_config(a: &AgentArgs) {
         docker_host = ?a.docker_host,
         containerd_address = %a.containerd_address.display(),
         containerd_namespace = %a.containerd_namespace,
+        mirror = a.mirror_enabled,
+        mirror_addr = %a.mirror.addr,
+        mirror_open = a.mirror.open,
         insecure_registries = ?a.registry.insecure,
         docker_config = ?a.registry.docker_config,
         "agent configuration"

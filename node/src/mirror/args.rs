@@ -85,7 +85,7 @@ impl MirrorArgs {
         match probe.parse::<preheat_core::reference::Reference>() {
             Ok(r) if r.registry() == self.default_registry => Ok(()),
             _ => Err(format!(
-                "--mirror-default-registry {:?} is not a registry host",
+                "MIRROR_DEFAULT_REGISTRY (--mirror-default-registry) {:?} is not a registry host",
                 self.default_registry
             )),
         }

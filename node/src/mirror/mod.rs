@@ -187,7 +187,7 @@ pub fn serve_on(
     let (max_connections, header_timeout) = (cfg.max_connections, cfg.header_read_timeout);
     let app = registry_proxy::router_with_access(source, access, cfg, Metrics::new(metrics));
     tracing::info!(
-        addr = %args.addr,
+        addr = ?listener.local_addr().ok(),
         open = args.open,
         default_registry = %args.default_registry,
         never_resolve_tags = ?args.never_resolve_tags,

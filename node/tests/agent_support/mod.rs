@@ -83,6 +83,7 @@ impl Agent {
             .env("IMAGE_LIST_PATH", spec.list)
             .env("MOUNT_DIR", spec.store.join("mount"))
             .env("HTTP_ADDR", http.to_string())
+            .env("MIRROR_ADDR", "127.0.0.1:0")
             .env("SWARM_ADDR", swarm.to_string())
             .env("PEERS", peers.join(","))
             .env("INSECURE_REGISTRIES", spec.registry_host)

@@ -134,6 +134,8 @@ pub fn run(a: &Args) -> Result<()> {
                 "none",
                 "--runtime",
                 "none",
+                "--mirror",
+                "false",
             ])
             .arg("--store")
             .arg(tmp.path().join("a"))
