@@ -128,7 +128,10 @@ pub async fn agent(args: AgentArgs) -> u8 {
     };
     let mut registry = Registry::default();
     let metrics = metrics::AgentMetrics::register(&mut registry);
-    let swarm_cfg = args.peers.swarm_config(args.swarm_addr);
+    let swarm_cfg = args
+        .peers
+        .swarm_config(args.swarm_addr)
+        .named(&args.node_name);
     let handle = match swarm_args::start_node_with(
         "agent",
         &args.store,
