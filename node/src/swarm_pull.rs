@@ -15,6 +15,7 @@
 //! Invariant: this module never holds a `BlobWriter`; the swarm opens its own, so the caller must
 //! drop its writer first (one writer per blob).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use preheat_core::Digest;
@@ -35,6 +36,8 @@ pub struct PeerSource {
     find_timeout: Duration,
     fetch_timeout: Duration,
     stall: Option<Duration>,
+    /// The image the blobs are for: the `image` label of the swarm's per-peer fetch metrics.
+    image: Arc<str>,
 }
 
 /// The result of trying the swarm for one blob.
@@ -55,7 +58,14 @@ impl PeerSource {
             find_timeout,
             fetch_timeout,
             stall: None,
+            image: Arc::from(""),
         }
+    }
+
+    /// Labels the peer fetch metrics of this source's blobs with `image` (its reference).
+    pub fn for_image(mut self, image: &str) -> Self {
+        self.image = image.into();
+        self
     }
 
     /// Gives up on a peer download (keeping its chunks) once no new chunk arrived for `stall`:
@@ -84,7 +94,9 @@ impl PeerSource {
             return PeerFetch::Fallback { reported };
         }
         let deadline = Instant::now() + self.fetch_timeout;
-        let fetch = self.handle.fetch_blob(digest, size, deadline);
+        let fetch = self
+            .handle
+            .fetch_blob_for(&self.image, digest, size, deadline);
         tokio::pin!(fetch);
         let poll = self
             .stall

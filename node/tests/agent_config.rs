@@ -45,6 +45,7 @@ async fn bad_environment_values_exit_64_naming_the_variable() {
         ("PEERS", "not a peer", "peer address"),
         ("PEERS_DNS", "bad name!", "DNS name"),
         ("PEER_DISCOVERY_INTERVAL", "x", "duration"),
+        ("PEER_METRICS_LABEL", "maybe", "expected one of true, false"),
         ("K8S_LOCK_TIMEOUT", "forever", "duration"),
         (
             "RUNTIME",

@@ -70,7 +70,8 @@ fn behaviour(key: &Keypair, cfg: &SwarmConfig) -> Behaviour {
 
     let identify = identify::Behaviour::new(
         identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
-            .with_interval(Duration::from_secs(300)),
+            .with_interval(Duration::from_secs(300))
+            .with_agent_version(crate::metrics::agent_version(cfg.node_name.as_deref())),
     );
 
     let codec = request_response::cbor::codec::Codec::default()

@@ -38,6 +38,11 @@ pub struct SwarmConfig {
     /// A download fails when, this long, no chunk was stored, no hash learnt and no peer offered a
     /// missing chunk (it waits that long for a provider that is still writing the blob).
     pub stall_timeout: Duration,
+    /// This node's name (the Kubernetes node name), sent to peers in identify's agent version so
+    /// that their `peer` metric labels name this node; `None`: peers label it by its peer id.
+    pub node_name: Option<String>,
+    /// Per-peer fetch metrics carry the peer's name in `peer` (else an empty value: large clusters).
+    pub peer_metrics_label: bool,
     /// TEST ONLY: flip a bit in every chunk this node serves, to exercise bad-peer detection.
     /// Never set this outside tests.
     pub test_corrupt_uploads: bool,
@@ -47,6 +52,14 @@ pub struct SwarmConfig {
     pub test_forge_index: bool,
     /// TEST ONLY: answer `GetTag` with manifest bytes that do not match the record's digest.
     pub test_forge_tags: bool,
+}
+
+impl SwarmConfig {
+    /// Sets [`SwarmConfig::node_name`].
+    pub fn named(mut self, node_name: &str) -> Self {
+        self.node_name = Some(node_name.to_owned());
+        self
+    }
 }
 
 impl Default for SwarmConfig {
@@ -71,6 +84,8 @@ impl Default for SwarmConfig {
             chunk_timeout: Duration::from_secs(30),
             ban_duration: Duration::from_secs(600),
             stall_timeout: Duration::from_secs(60),
+            node_name: None,
+            peer_metrics_label: true,
             test_corrupt_uploads: false,
             test_forge_index: false,
             test_forge_tags: false,

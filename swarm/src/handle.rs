@@ -106,7 +106,7 @@ impl Swarm {
             }
         }
 
-        let metrics = Metrics::register(registry);
+        let metrics = Metrics::register(registry, cfg.peer_metrics_label);
         let p2p_metrics = libp2p::metrics::Metrics::new(registry);
         let control = swarm.behaviour().stream.new_control();
         let incoming = match control.clone().accept(CHUNK_PROTOCOL) {
@@ -188,7 +188,19 @@ impl SwarmHandle {
         size: u64,
         deadline: Instant,
     ) -> Result<FetchReport, Error> {
-        fetch::fetch(self, digest, size, deadline).await
+        fetch::fetch(self, "", digest, size, deadline).await
+    }
+
+    /// [`SwarmHandle::fetch_blob`] for a blob of image `image` (its reference): the `image` label
+    /// of the per-peer fetch metrics (empty for `fetch_blob`).
+    pub async fn fetch_blob_for(
+        &self,
+        image: &str,
+        digest: Digest,
+        size: u64,
+        deadline: Instant,
+    ) -> Result<FetchReport, Error> {
+        fetch::fetch(self, image, digest, size, deadline).await
     }
 
     /// Advertises that this node provides `digest`: complete, being fetched, or being written by

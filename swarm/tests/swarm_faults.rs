@@ -102,7 +102,7 @@ async fn providers_announce_withdraw_and_local_blobs() {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &b.registry).unwrap();
     for name in [
-        "peer_fetch_total",
+        "swarm_bad_chunks_total",
         "swarm_connected_peers",
         "swarm_provider_lookups_total",
         "libp2p_",

@@ -2,6 +2,7 @@
 //! lease elector's and the fetcher's. Labels are bounded: `source` and `runtime` are enums, `image`
 //! is bounded by the image list (plus on-demand preheats).
 
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -35,7 +36,7 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 }
 
 /// Where the bytes of a preheated image came from (the `source` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Source {
     Registry,
     Peer,
@@ -64,8 +65,27 @@ impl Source {
     }
 }
 
-type ImageSource = [(&'static str, String); 2];
-type One = [(&'static str, &'static str); 1];
+impl EncodeLabelValue for Source {
+    fn encode(&self, e: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), e)
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ImageSource {
+    image: String,
+    source: Source,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: Source,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuntimeLabels {
+    runtime: &'static str,
+}
 
 fn import_histogram() -> Histogram {
     // 0.1 s .. ~7 min
@@ -77,8 +97,8 @@ fn import_histogram() -> Histogram {
 pub struct AgentMetrics {
     preheat: Family<ImageSource, Counter>,
     preheat_failed: Family<ImageSource, Counter>,
-    bytes: Family<One, Counter>,
-    import_seconds: Family<One, Histogram, fn() -> Histogram>,
+    bytes: Family<SourceLabels, Counter>,
+    import_seconds: Family<RuntimeLabels, Histogram, fn() -> Histogram>,
     store_usage: Gauge,
     store_capacity: Gauge,
     list_invalid: Gauge,
@@ -153,10 +173,10 @@ impl AgentMetrics {
 
     pub fn preheated(&self, image: &str, source: Source, registry: u64, peer: u64, local: u64) {
         self.preheat
-            .get_or_create(&[
-                ("image", image.to_owned()),
-                ("source", source.as_str().into()),
-            ])
+            .get_or_create(&ImageSource {
+                image: image.to_owned(),
+                source,
+            })
             .inc();
         for (s, n) in [
             (Source::Registry, registry),
@@ -164,23 +184,23 @@ impl AgentMetrics {
             (Source::Local, local),
         ] {
             self.bytes
-                .get_or_create(&[("source", s.as_str())])
+                .get_or_create(&SourceLabels { source: s })
                 .inc_by(n);
         }
     }
 
     pub fn failed(&self, image: &str, source: Source) {
         self.preheat_failed
-            .get_or_create(&[
-                ("image", image.to_owned()),
-                ("source", source.as_str().into()),
-            ])
+            .get_or_create(&ImageSource {
+                image: image.to_owned(),
+                source,
+            })
             .inc();
     }
 
     pub fn imported(&self, runtime: &'static str, seconds: f64) {
         self.import_seconds
-            .get_or_create(&[("runtime", runtime)])
+            .get_or_create(&RuntimeLabels { runtime })
             .observe(seconds);
     }
 
@@ -201,10 +221,10 @@ impl AgentMetrics {
     #[cfg(test)]
     pub fn preheat_count(&self, image: &str, source: Source) -> u64 {
         self.preheat
-            .get_or_create(&[
-                ("image", image.to_owned()),
-                ("source", source.as_str().into()),
-            ])
+            .get_or_create(&ImageSource {
+                image: image.to_owned(),
+                source,
+            })
             .get()
     }
 }

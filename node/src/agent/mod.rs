@@ -148,7 +148,10 @@ pub async fn agent(args: AgentArgs) -> u8 {
     let mirror_addr = mirror_listener.as_ref().and_then(|l| l.local_addr().ok());
     let mut registry = Registry::default();
     let metrics = metrics::AgentMetrics::register(&mut registry);
-    let swarm_cfg = args.peers.swarm_config(args.swarm_addr);
+    let swarm_cfg = args
+        .peers
+        .swarm_config(args.swarm_addr)
+        .named(&args.node_name);
     let handle = match swarm_args::start_node_with(
         "agent",
         &args.store,

@@ -44,6 +44,10 @@ pub struct PeerArgs {
     #[arg(long, env = "MAX_UPLOADS", default_value_t = 8,
           value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub max_uploads: u16,
+    /// `true`: per-peer fetch metrics name the peer (its NODE_NAME) in their `peer` label;
+    /// `false`: `peer` stays empty, for large clusters (series grow with images × peers).
+    #[arg(long, env = "PEER_METRICS_LABEL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub peer_metrics_label: bool,
 }
 
 /// A `--peer` value; `None` for an empty item (`PEERS=""` in a manifest means no peers).
@@ -90,6 +94,7 @@ impl PeerArgs {
             upload_rate: (self.upload_rate_limit > 0).then_some(self.upload_rate_limit),
             download_rate: (self.download_rate_limit > 0).then_some(self.download_rate_limit),
             max_uploads: usize::from(self.max_uploads),
+            peer_metrics_label: self.peer_metrics_label,
             ..SwarmConfig::default()
         }
     }
@@ -113,6 +118,7 @@ fn log_config(command: &'static str, store: &StoreArgs, cfg: &SwarmConfig) {
         upload_rate = ?cfg.upload_rate,
         download_rate = ?cfg.download_rate,
         max_uploads = cfg.max_uploads,
+        peer_metrics_label = cfg.peer_metrics_label,
         "effective configuration"
     );
 }
@@ -241,6 +247,7 @@ mod tests {
             upload_rate_limit: 0,
             download_rate_limit: 1024,
             max_uploads: 8,
+            peer_metrics_label: true,
         };
         let cfg = args.swarm_config("0.0.0.0:4100".parse().unwrap());
         assert_eq!(cfg.peers_dns, Some(("svc".to_owned(), 4100)));
@@ -262,6 +269,7 @@ mod tests {
             upload_rate_limit: 0,
             download_rate_limit: 0,
             max_uploads: 8,
+            peer_metrics_label: true,
         };
         assert!(!args.any());
         let cfg = args.swarm_config("0.0.0.0:4001".parse().unwrap());

@@ -258,10 +258,10 @@ impl ImageFetcher {
         tally: &mut Tally,
     ) -> Result<(), FetchError> {
         let s = &*self.inner;
-        let peers = s
-            .swarm
-            .as_ref()
-            .map(|h| PeerSource::new(h.clone(), s.cfg.swarm_find_timeout, s.cfg.pulling_timeout));
+        let peers = s.swarm.as_ref().map(|h| {
+            PeerSource::new(h.clone(), s.cfg.swarm_find_timeout, s.cfg.pulling_timeout)
+                .for_image(&reference.to_string())
+        });
         let pull = BlobPull {
             client: &s.registry,
             store: &s.store,
@@ -302,10 +302,12 @@ impl ImageFetcher {
         let s = &*self.inner;
         let image = reference.to_string();
         let node = s.cfg.node_name.as_str();
-        let peers = PeerSource::new(h.clone(), s.cfg.swarm_find_timeout, s.cfg.pulling_timeout);
+        let peers = PeerSource::new(h.clone(), s.cfg.swarm_find_timeout, s.cfg.pulling_timeout)
+            .for_image(&image);
         let find = s.cfg.swarm_find_timeout.min(s.cfg.takeover_stall);
         let takeover = PeerSource::new(h.clone(), find, s.cfg.pulling_timeout)
-            .with_stall(s.cfg.takeover_stall);
+            .with_stall(s.cfg.takeover_stall)
+            .for_image(&image);
         let mut election = el.start(manifest, MemberView::new(h.clone()));
         let mut status = election.subscribe();
         // Set once this node followed: pulling after that is a takeover, and peers have chunks.

@@ -419,6 +419,7 @@ impl EventLoop {
             tracing::debug!(peer = %peer_id, version = %info.protocol_version, "foreign peer ignored");
             return;
         }
+        self.metrics.learn_name(peer_id, &info.agent_version);
         let seen = self.connected.get(&peer_id).cloned();
         for a in info.listen_addrs {
             if discovery::usable_listen_addr(&a, seen.as_ref()) {

@@ -55,7 +55,7 @@ pub(super) async fn attempt(
     mut known: Known,
     deadline: Instant,
     report: &mut FetchReport,
-    used: &mut HashSet<PeerId>,
+    used: &mut HashMap<PeerId, u64>,
 ) -> Result<Outcome, Error> {
     let blob = known.blob();
     let writer = open_writer(h, &mut known).await?;
@@ -97,7 +97,8 @@ struct Driver<'a> {
     index_wanted: Option<PeerId>,
     last_progress: Instant,
     report: &'a mut FetchReport,
-    used: &'a mut HashSet<PeerId>,
+    /// Verified bytes per contributing peer.
+    used: &'a mut HashMap<PeerId, u64>,
 }
 
 impl Driver<'_> {
@@ -214,7 +215,7 @@ impl Driver<'_> {
                                 Ok(()) => {
                                     t.on_chunk_ok(r.peer, r.chunk, buf.len() as u64, now);
                                     self.report.bytes_from_peers += buf.len() as u64;
-                                    self.used.insert(r.peer);
+                                    *self.used.entry(r.peer).or_default() += buf.len() as u64;
                                     self.last_progress = now;
                                     if !announced {
                                         h.announce(blob).await?;

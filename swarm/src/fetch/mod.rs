@@ -5,7 +5,7 @@
 //! chunks, and the download waits (up to the stall timeout) while nobody has the chunks it needs.
 //! See the crate docs for the trust chain.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -39,25 +39,28 @@ const SUSPECT_INDEX_BANS: usize = 3;
 
 pub(crate) async fn fetch(
     h: &SwarmHandle,
+    image: &str,
     blob: Digest,
     size: u64,
     deadline: Instant,
 ) -> Result<FetchReport, Error> {
     let m = &h.inner.metrics;
-    m.fetch_total.inc();
     let started = Instant::now();
-    let res = fetch_inner(h, blob, size, deadline, started).await;
+    // Verified bytes per peer that delivered chunks, for the per-peer metrics.
+    let mut used = HashMap::new();
+    let res = fetch_inner(h, blob, size, deadline, started, &mut used).await;
     match &res {
-        Ok(r) if !r.already_local => m.fetch_duration.observe(r.duration.as_secs_f64()),
+        Ok(r) if !r.already_local => m.fetched(image, r.duration, &used),
         Ok(_) => {}
         Err(e) => {
-            m.failed(match e {
+            let reason = match e {
                 Error::NoProviders { .. } => FailReason::NoProviders,
                 Error::Deadline { .. } => FailReason::Deadline,
                 Error::Stalled { .. } => FailReason::Stalled,
                 Error::Stopped => FailReason::Stopped,
                 _ => FailReason::Store,
-            });
+            };
+            m.fetch_failed(image, reason, &used);
             tracing::debug!(%blob, error = %e, "peer fetch failed");
         }
     }
@@ -70,6 +73,7 @@ async fn fetch_inner(
     size: u64,
     deadline: Instant,
     started: Instant,
+    used: &mut HashMap<PeerId, u64>,
 ) -> Result<FetchReport, Error> {
     let mut report = FetchReport {
         digest: blob,
@@ -86,10 +90,9 @@ async fn fetch_inner(
         return Ok(report);
     }
     let mut excluded = HashSet::new();
-    let mut used = HashSet::new();
     loop {
         let known = find_index(h, blob, size, deadline, &excluded).await?;
-        let outcome = drive::attempt(h, known, deadline, &mut report, &mut used).await;
+        let outcome = drive::attempt(h, known, deadline, &mut report, used).await;
         report.peers_used = used.len();
         match outcome {
             Ok(drive::Outcome::Done) => {
