@@ -28,6 +28,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use preheat_core::election::want_key;
 use preheat_core::manifest::Platform;
 use preheat_core::reference::Reference;
 use preheat_core::Digest;
@@ -290,6 +291,32 @@ impl ImageFetcher {
     /// Elected: pull while this node holds the role, follow the swarm otherwise.
     #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
     async fn elected(
+        &self,
+        h: &SwarmHandle,
+        el: &LeaseElector,
+        reference: &Reference,
+        manifest: Digest,
+        blobs: &[(Digest, u64)],
+        tracker: &Tracker,
+        tally: &mut Tally,
+    ) -> Result<(), FetchError> {
+        // Wanted here: the ranking of every node fetching the image includes this one.
+        let want = want_key(&manifest);
+        if let Err(e) = h.announce(want).await {
+            tracing::debug!(%manifest, error = %e, "cannot announce the want record");
+        }
+        let r = self
+            .elect(h, el, reference, manifest, blobs, tracker, tally)
+            .await;
+        if let Err(e) = h.withdraw(want).await {
+            tracing::debug!(%manifest, error = %e, "cannot withdraw the want record");
+        }
+        r
+    }
+
+    /// The election loop of [`Self::elected`].
+    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
+    async fn elect(
         &self,
         h: &SwarmHandle,
         el: &LeaseElector,
