@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use election_support::{assert_complete, cluster, origin, spawn_fetch, Election, MIB, NS};
 use image_preheat::fetch::{PullResult, ResolvedVia};
-use preheat_testkit::kube_api::KubeApi;
 use preheat_core::election::contenders;
+use preheat_testkit::kube_api::KubeApi;
 use preheat_testkit::AccessLogEntry;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

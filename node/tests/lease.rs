@@ -62,7 +62,11 @@ impl SwarmView for TestView {
         let s = Snapshot {
             members: self.members.clone(),
             wanting: self.members.clone(),
-            providers: if held { vec!["holder".into()] } else { Vec::new() },
+            providers: if held {
+                vec!["holder".into()]
+            } else {
+                Vec::new()
+            },
         };
         async move { s }
     }

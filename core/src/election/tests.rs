@@ -432,7 +432,12 @@ fn coordination_free_mode_top_member_pulls_then_the_next() {
     let mut second = Election::new(img, r[1].clone(), r[1].clone(), c.clone(), t0);
     // Until want records settle, nobody decides.
     let acts = first.poll(t0, view(&m, false), &mut rng);
-    assert_eq!(acts, vec![Action::Wait { until: t0 + c.settle }]);
+    assert_eq!(
+        acts,
+        vec![Action::Wait {
+            until: t0 + c.settle
+        }]
+    );
     let t1 = t0 + c.settle;
     assert_eq!(
         role_actions(&first.poll(t1, view(&m, false), &mut rng)),
@@ -445,7 +450,15 @@ fn coordination_free_mode_top_member_pulls_then_the_next() {
     // The first announces itself as provider; the second keeps following, past any deadline.
     let pulling = [r[0].clone()];
     let later = t1 + c.provider_wait * 3;
-    let acts = second.poll(later, View { members: &m, wanting: &m, providers: &pulling }, &mut rng);
+    let acts = second.poll(
+        later,
+        View {
+            members: &m,
+            wanting: &m,
+            providers: &pulling,
+        },
+        &mut rng,
+    );
     assert!(role_actions(&acts).is_empty(), "{acts:?}");
     assert_eq!(second.role(), Role::Follow);
     // The first leaves the swarm (its provider record stops counting with it): the next pulls.
@@ -466,12 +479,22 @@ fn coordination_free_ranks_only_members_that_want_the_image() {
     let mut rng = StdRng::seed_from_u64(14);
     // A rolling update: only ranks 3 and 7 of the whole swarm want the image.
     let wanting = [r[7].clone(), r[3].clone()];
-    let v = View { members: &m, wanting: &wanting, providers: &[] };
+    let v = View {
+        members: &m,
+        wanting: &wanting,
+        providers: &[],
+    };
     let t1 = t0 + c.settle;
     let mut a = Election::new(img, r[3].clone(), r[3].clone(), c.clone(), t0);
     let mut b = Election::new(img, r[7].clone(), r[7].clone(), c, t0);
-    assert_eq!(role_actions(&a.poll(t1, v, &mut rng)), vec![Action::PullFromRegistry]);
-    assert_eq!(role_actions(&b.poll(t1, v, &mut rng)), vec![Action::FeedFromSwarm]);
+    assert_eq!(
+        role_actions(&a.poll(t1, v, &mut rng)),
+        vec![Action::PullFromRegistry]
+    );
+    assert_eq!(
+        role_actions(&b.poll(t1, v, &mut rng)),
+        vec![Action::FeedFromSwarm]
+    );
 }
 
 #[test]
@@ -517,10 +540,26 @@ fn coordination_free_widens_while_nobody_provides() {
     // With a provider in view the others stop widening and follow.
     let providing = [r[1].clone()];
     for e in nodes.iter_mut().skip(1) {
-        e.poll(d1, View { members: &m, wanting: &m, providers: &providing }, &mut rng);
+        e.poll(
+            d1,
+            View {
+                members: &m,
+                wanting: &m,
+                providers: &providing,
+            },
+            &mut rng,
+        );
     }
     for e in nodes.iter_mut().skip(1) {
-        e.poll(d1 + c.provider_wait * 4, View { members: &m, wanting: &m, providers: &providing }, &mut rng);
+        e.poll(
+            d1 + c.provider_wait * 4,
+            View {
+                members: &m,
+                wanting: &m,
+                providers: &providing,
+            },
+            &mut rng,
+        );
         assert_eq!(e.role(), Role::Follow);
     }
     // Without it (a second deadline missed from scratch), ranks up to 4 pull.
@@ -548,9 +587,25 @@ fn coordination_free_two_pullers_keep_the_higher_ranked() {
     lo.poll(t1, view(&m[..0], false), &mut rng);
     assert_eq!((hi.role(), lo.role()), (Role::Pull, Role::Pull));
     // Then each sees the other providing: the lower-ranked follows, the other keeps pulling.
-    let acts = lo.poll(t1, View { members: &m, wanting: &m, providers: &r[..1] }, &mut rng);
+    let acts = lo.poll(
+        t1,
+        View {
+            members: &m,
+            wanting: &m,
+            providers: &r[..1],
+        },
+        &mut rng,
+    );
     assert_eq!(role_actions(&acts), vec![Action::FeedFromSwarm]);
-    let acts = hi.poll(t1, View { members: &m, wanting: &m, providers: &r[1..] }, &mut rng);
+    let acts = hi.poll(
+        t1,
+        View {
+            members: &m,
+            wanting: &m,
+            providers: &r[1..],
+        },
+        &mut rng,
+    );
     assert!(role_actions(&acts).is_empty(), "{acts:?}");
     assert_eq!((hi.role(), lo.role()), (Role::Pull, Role::Follow));
 }
