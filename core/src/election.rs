@@ -12,7 +12,8 @@
 //! (`renewTime + leaseDuration + clock_skew`), expired or holder-less → replace with its
 //! resourceVersion. The holder renews every third of the duration. Others wait for a provider in
 //! the swarm; each missed `provider_wait` doubles the contender set (k, 2k, 4k, …). A Lease deleted
-//! after a holder was seen (with providers around) means the image is complete: no new pull. An API
+//! while providers are around means the image is complete (or pulled by a node in fallback): no
+//! new pull. An API
 //! error switches to the fallback rule (the top-ranked wanting member pulls) and retries with
 //! jittered exponential backoff until the API answers.
 //!
@@ -436,10 +437,11 @@ impl<M: AsRef<[u8]> + Clone + PartialEq> Election<M> {
             Observed::ApiError => self.enter_fallback(now, rng),
             Observed::Absent => {
                 self.failures = 0;
-                let had_holder = self.known.as_ref().is_some_and(|r| r.holder.is_some());
                 self.known = None;
-                if (had_holder || self.released_seen) && self.providers {
-                    // The holder finished and released: the swarm has the image.
+                if self.providers {
+                    // No Lease but a provider: a holder finished and released (the swarm has the
+                    // image; we may have arrived late and never seen it), or a node pulls without
+                    // the Lease (its fallback). Follow it rather than pull the image again.
                     self.released_seen = true;
                     self.phase = Phase::SwarmFollow;
                 } else {

@@ -741,6 +741,16 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// The live nodes other than `me` that pull (and so provide the image).
+fn pullers(m: &[String], nodes: &[Option<Election<String>>], me: usize) -> Vec<String> {
+    m.iter()
+        .zip(nodes)
+        .enumerate()
+        .filter(|(i, (_, e))| *i != me && e.as_ref().is_some_and(|e| e.role() == Role::Pull))
+        .map(|(_, (x, _))| x.clone())
+        .collect()
+}
+
 proptest! {
     /// Many nodes share one Lease object; nodes die, answers fail, time jumps. At any time at most
     /// one live node believes it holds an unexpired Lease, and it is the one the object names.
@@ -764,9 +774,11 @@ proptest! {
                 Step::Poll { node, advance_ms, api_fails, lose_answers } => {
                     now += Duration::from_millis(advance_ms);
                     let live: Vec<String> = m.iter().zip(&nodes).filter(|(_, e)| e.is_some()).map(|(x, _)| x.clone()).collect();
+                    let pulling = pullers(&m, &nodes, node % n);
+                    let v = View { members: &live, wanting: &live, providers: &pulling };
                     let Some(Some(e)) = nodes.get_mut(node % n) else { continue };
                     if api_fails {
-                        for a in e.poll(now, view(&live, true), &mut rng) {
+                        for a in e.poll(now, v, &mut rng) {
                             match a {
                                 Action::Get => e.on_get(now, Observed::ApiError, &mut rng),
                                 Action::Create | Action::Renew { .. } | Action::TakeOver { .. } | Action::Release { .. } | Action::Yield { .. } => e.on_write(now, Written::ApiError, &mut rng),
@@ -775,7 +787,7 @@ proptest! {
                         }
                     } else {
                         sim.lose_answers = lose_answers;
-                        sim.drive(e, now, view(&live, true), &mut rng);
+                        sim.drive(e, now, v, &mut rng);
                         sim.lose_answers = false;
                     }
                 }
@@ -793,8 +805,12 @@ proptest! {
         if !completed && !live.is_empty() {
             for _ in 0..100 {
                 now += Duration::from_secs(1);
-                for e in nodes.iter_mut().flatten() {
-                    sim.drive(e, now, view(&live, true), &mut rng);
+                for i in 0..n {
+                    let pulling = pullers(&m, &nodes, i);
+                    let v = View { members: &live, wanting: &live, providers: &pulling };
+                    if let Some(e) = nodes[i].as_mut() {
+                        sim.drive(e, now, v, &mut rng);
+                    }
                 }
             }
             let holders = nodes.iter().flatten().filter(|e| e.holds_at(now)).count();
@@ -883,4 +899,25 @@ proptest! {
         let pullers = nodes.iter().flatten().filter(|e| e.role() == Role::Pull).count();
         prop_assert_eq!(pullers, usize::from(live > 0), "{} live", live);
     }
+}
+
+#[test]
+fn a_contender_arriving_after_the_release_follows_the_swarm() {
+    let t0 = Instant::now();
+    let img = digest(15);
+    let m = names(3);
+    let r = ranked(&img, &m);
+    let mut rng = StdRng::seed_from_u64(15);
+    let mut sim = SimLease::default();
+    // The top-ranked arrives after another node pulled, completed and deleted the Lease; that
+    // node provides the image now.
+    let mut e = election(img, &r[0], cfg(), t0);
+    let acts = sim.drive(&mut e, t0, view(&m, true), &mut rng);
+    assert_eq!(acts, vec![Action::FeedFromSwarm]);
+    assert!(sim.lease.is_none() && !e.is_holder());
+    assert_eq!(sim.calls, 1, "one read, no create");
+    // It stays off the API while the provider is there.
+    let later = t0 + Duration::from_secs(60);
+    assert_eq!(sim.drive(&mut e, later, view(&m, true), &mut rng), vec![]);
+    assert_eq!(sim.calls, 1);
 }

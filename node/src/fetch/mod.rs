@@ -5,6 +5,7 @@
 //!  fetch(ref) ─► resolve (swarm tag record, else registry + publish) ─► record_image
 //!     │ every blob stored? ─► done
 //!     ▼
+//!  announce want_key(manifest) (withdrawn when the fetch ends; LEASE=none ranks these nodes)
 //!  LeaseElector::start(manifest digest, MemberView) ─► Role::Pull ─► registry pull, each blob
 //!     │      ▲ role changes (lost Lease / takeover)          announced as its writer opens
 //!     │      ▼                                                  │
@@ -288,7 +289,7 @@ impl ImageFetcher {
         Ok(())
     }
 
-    /// Elected: pull while this node holds the role, follow the swarm otherwise.
+    /// Elected, with this node's want record announced for the duration.
     #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
     async fn elected(
         &self,
@@ -301,20 +302,12 @@ impl ImageFetcher {
         tally: &mut Tally,
     ) -> Result<(), FetchError> {
         // Wanted here: the ranking of every node fetching the image includes this one.
-        let want = want_key(&manifest);
-        if let Err(e) = h.announce(want).await {
-            tracing::debug!(%manifest, error = %e, "cannot announce the want record");
-        }
-        let r = self
-            .elect(h, el, reference, manifest, blobs, tracker, tally)
-            .await;
-        if let Err(e) = h.withdraw(want).await {
-            tracing::debug!(%manifest, error = %e, "cannot withdraw the want record");
-        }
-        r
+        let _want = Want::announce(h, manifest).await;
+        self.elect(h, el, reference, manifest, blobs, tracker, tally)
+            .await
     }
 
-    /// The election loop of [`Self::elected`].
+    /// The election loop: pull while this node holds the role, follow the swarm otherwise.
     #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
     async fn elect(
         &self,
@@ -397,6 +390,40 @@ impl ImageFetcher {
         }
         election.complete().await;
         Ok(())
+    }
+}
+
+/// This node's want record of one image: announced while its fetch runs, withdrawn when the fetch
+/// ends, fails or is cancelled (drop).
+struct Want {
+    swarm: SwarmHandle,
+    key: Digest,
+}
+
+impl Want {
+    async fn announce(swarm: &SwarmHandle, manifest: Digest) -> Self {
+        let key = want_key(&manifest);
+        if let Err(e) = swarm.announce(key).await {
+            tracing::debug!(%manifest, error = %e, "cannot announce the want record");
+        }
+        Self {
+            swarm: swarm.clone(),
+            key,
+        }
+    }
+}
+
+impl Drop for Want {
+    fn drop(&mut self) {
+        // Drop cannot await the bounded command queue: withdraw from a task.
+        let (swarm, key) = (self.swarm.clone(), self.key);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = swarm.withdraw(key).await {
+                    tracing::debug!(error = %e, "cannot withdraw the want record");
+                }
+            });
+        }
     }
 }
 
