@@ -12,9 +12,17 @@
 //! (`renewTime + leaseDuration + clock_skew`), expired or holder-less → replace with its
 //! resourceVersion. The holder renews every third of the duration. Others wait for a provider in
 //! the swarm; each missed `provider_wait` doubles the contender set (k, 2k, 4k, …). A Lease deleted
-//! after a holder was seen (with providers around) means the image is complete: no new pull. An API
-//! error switches to the coordination-free rule (the top-ranked live member pulls) and retries with
+//! while providers are around means the image is complete (or pulled by a node in fallback): no
+//! new pull. An API
+//! error switches to the fallback rule (the top-ranked wanting member pulls) and retries with
 //! jittered exponential backoff until the API answers.
+//!
+//! Coordination-free mode ranks only the live members that want the image (the adapter reads
+//! their want records; the first decision waits `settle` unless a provider is already there, so
+//! nodes that start together see each other's). With a provider in view, follow; without one, the
+//! top-ranked pulls, and each missed `provider_wait` lets the next ranks pull too (1, 2, 4, …). A
+//! puller keeps pulling until it sees a provider that outranks it (two pullers whose views
+//! differed: the lower one follows), so exactly one puller remains once views agree.
 //!
 //! Invariants: at most one node believes it holds an unexpired Lease (the holder's own expiry is
 //! `clock_skew` before anyone else's); API calls per image are bounded by the contender set, not
@@ -35,7 +43,8 @@ mod tests;
 mod types;
 
 pub use naming::{
-    contenders, digest_label, lease_name, DIGEST_LABEL_HEX, LEASE_NAME_HEX, LEASE_NAME_PREFIX,
+    contenders, digest_label, lease_name, want_key, DIGEST_LABEL_HEX, LEASE_NAME_HEX,
+    LEASE_NAME_PREFIX,
 };
 pub use types::{Action, ElectionConfig, ElectionMode, LeaseRecord, Observed, Role, View, Written};
 
@@ -75,7 +84,11 @@ enum Phase {
     Fallback {
         retry_at: Instant,
     },
-    CoordinationFree,
+    /// `LEASE=none`: see the module docs; `round` missed deadlines widened the pullers to 2^round.
+    CoordinationFree {
+        deadline: Instant,
+        round: u32,
+    },
     Done,
 }
 
@@ -87,6 +100,8 @@ pub struct Election<M> {
     holder_identity: String,
     cfg: ElectionConfig,
     phase: Phase,
+    /// No first decision before this unless a provider is in view (want records settle).
+    settle: Instant,
     role: Role,
     pending: Option<Call>,
     /// The last Lease we read or wrote.
@@ -117,14 +132,19 @@ impl<M: AsRef<[u8]> + Clone + PartialEq> Election<M> {
                 deadline: now + cfg.provider_wait,
                 round: 0,
             },
-            ElectionMode::CoordinationFree => Phase::CoordinationFree,
+            ElectionMode::CoordinationFree => Phase::CoordinationFree {
+                deadline: now + cfg.settle + cfg.provider_wait,
+                round: 0,
+            },
         };
+        let settle = now + cfg.settle;
         Self {
             image,
             me,
             holder_identity,
             cfg,
             phase,
+            settle,
             role: Role::Undecided,
             pending: None,
             known: None,
@@ -175,6 +195,13 @@ impl<M: AsRef<[u8]> + Clone + PartialEq> Election<M> {
         &self.holder_identity
     }
 
+    /// Whether `other` ranks above us for this image (a pairwise order, the same on every node).
+    fn outranked_by(&self, other: &M) -> bool {
+        let key = self.image.to_string();
+        *other != self.me
+            && rendezvous::rank(key.as_bytes(), &[self.me.clone(), other.clone()])[0] == other
+    }
+
     /// Our rank among the live members (this node included), 0 = first.
     pub fn rank(&self, members: &[M]) -> usize {
         let mut all: Vec<M> = members.to_vec();
@@ -207,7 +234,7 @@ impl<M: AsRef<[u8]> + Clone + PartialEq> Election<M> {
 
     /// Advances the machine; returns the actions to perform now (API calls one at a time).
     pub fn poll<R: Rng>(&mut self, now: Instant, view: View<'_, M>, rng: &mut R) -> Vec<Action> {
-        self.providers = view.providers;
+        self.providers = !view.providers.is_empty();
         let mut out = Vec::new();
         if self.pending.is_some() || self.phase == Phase::Done {
             return out;
@@ -216,6 +243,7 @@ impl<M: AsRef<[u8]> + Clone + PartialEq> Election<M> {
             self.set_role(Role::Follow, &mut out);
         }
         let rank = self.rank(view.members);
+        let want_rank = self.rank(view.wanting);
         let contender = rank < self.cfg.contenders;
         if self.release_wanted || self.yield_wanted {
             match &self.known {
@@ -233,19 +261,21 @@ impl<M: AsRef<[u8]> + Clone + PartialEq> Election<M> {
                 }
             }
         }
+        let free = matches!(self.phase, Phase::CoordinationFree { .. });
+        if self.role == Role::Undecided && free && !self.providers && now < self.settle {
+            out.push(Action::Wait { until: self.settle });
+            return out;
+        }
         match self.phase.clone() {
-            Phase::CoordinationFree => {
-                self.set_role(if rank == 0 { Role::Pull } else { Role::Follow }, &mut out);
-                out.push(Action::Wait {
-                    until: now + self.cfg.lease_duration / 3,
-                });
+            Phase::CoordinationFree { deadline, round } => {
+                self.coordination_free(now, view, want_rank, deadline, round, rng, &mut out);
             }
             Phase::AwaitProviders { deadline, round } => {
                 if contender {
                     self.phase = self.first_contact(now, rank, rng);
                     out.extend(self.poll(now, view, rng));
                     return out;
-                } else if view.providers {
+                } else if self.providers {
                     self.phase = Phase::SwarmFollow;
                     self.set_role(Role::Follow, &mut out);
                 } else if now >= deadline {
@@ -272,7 +302,7 @@ impl<M: AsRef<[u8]> + Clone + PartialEq> Election<M> {
                 }
             }
             Phase::SwarmFollow => {
-                if !view.providers {
+                if !self.providers {
                     self.released_seen = false;
                     self.phase = Phase::AwaitProviders {
                         deadline: now + self.cfg.provider_wait,
@@ -320,7 +350,7 @@ impl<M: AsRef<[u8]> + Clone + PartialEq> Election<M> {
             }
             Phase::Following { check_at } => {
                 self.set_role(Role::Follow, &mut out);
-                if !contender && view.providers {
+                if !contender && self.providers {
                     // A non-contender that timed out: providers exist now, stop using the API.
                     self.phase = Phase::SwarmFollow;
                 } else if now >= check_at {
@@ -334,7 +364,12 @@ impl<M: AsRef<[u8]> + Clone + PartialEq> Election<M> {
                     self.fallback_announced = true;
                     out.push(Action::FallbackCoordinationFree);
                 }
-                self.set_role(if rank == 0 { Role::Pull } else { Role::Follow }, &mut out);
+                let role = if want_rank == 0 {
+                    Role::Pull
+                } else {
+                    Role::Follow
+                };
+                self.set_role(role, &mut out);
                 if now >= retry_at {
                     out.extend(self.call(Call::Get, Action::Get));
                 } else {
@@ -344,6 +379,52 @@ impl<M: AsRef<[u8]> + Clone + PartialEq> Election<M> {
             Phase::Done => {}
         }
         out
+    }
+
+    /// One poll in coordination-free mode (see the module docs).
+    #[allow(clippy::too_many_arguments)] // the unpacked phase; a struct would only rename them
+    fn coordination_free<R: Rng>(
+        &mut self,
+        now: Instant,
+        view: View<'_, M>,
+        rank: usize,
+        deadline: Instant,
+        round: u32,
+        rng: &mut R,
+        out: &mut Vec<Action>,
+    ) {
+        let reset = Phase::CoordinationFree {
+            deadline: now + self.cfg.provider_wait,
+            round: 0,
+        };
+        let idle = Action::Wait {
+            until: now + self.cfg.lease_duration / 3,
+        };
+        if self.role == Role::Pull {
+            if view.providers.iter().any(|p| self.outranked_by(p)) {
+                // Another puller ranks above us (our views differed when we chose): follow it.
+                self.set_role(Role::Follow, out);
+                self.phase = reset;
+            }
+            out.push(idle);
+        } else if self.providers {
+            self.set_role(Role::Follow, out);
+            self.phase = reset;
+            out.push(idle);
+        } else if rank < 1usize.checked_shl(round).unwrap_or(usize::MAX) {
+            self.set_role(Role::Pull, out);
+            out.push(idle);
+        } else if now >= deadline {
+            // Nobody pulls in time (the ranked-first does not, or its want record misled us).
+            self.phase = Phase::CoordinationFree {
+                deadline: now + self.cfg.provider_wait,
+                round: round.saturating_add(1),
+            };
+            out.extend(self.poll(now, view, rng));
+        } else {
+            self.set_role(Role::Follow, out);
+            out.push(Action::Wait { until: deadline });
+        }
     }
 
     /// The answer to [`Action::Get`].
@@ -356,10 +437,11 @@ impl<M: AsRef<[u8]> + Clone + PartialEq> Election<M> {
             Observed::ApiError => self.enter_fallback(now, rng),
             Observed::Absent => {
                 self.failures = 0;
-                let had_holder = self.known.as_ref().is_some_and(|r| r.holder.is_some());
                 self.known = None;
-                if (had_holder || self.released_seen) && self.providers {
-                    // The holder finished and released: the swarm has the image.
+                if self.providers {
+                    // No Lease but a provider: a holder finished and released (the swarm has the
+                    // image; we may have arrived late and never seen it), or a node pulls without
+                    // the Lease (its fallback). Follow it rather than pull the image again.
                     self.released_seen = true;
                     self.phase = Phase::SwarmFollow;
                 } else {

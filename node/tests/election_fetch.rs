@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use election_support::{assert_complete, cluster, origin, spawn_fetch, Election, MIB, NS};
 use image_preheat::fetch::{PullResult, ResolvedVia};
+use preheat_core::election::contenders;
 use preheat_testkit::kube_api::KubeApi;
 use preheat_testkit::AccessLogEntry;
 
@@ -117,5 +118,44 @@ async fn later_nodes_resolve_the_tag_through_the_swarm_without_the_registry() ->
         "manifest requests"
     );
     assert_eq!(origin.blob_gets()?, vec![1; origin.image.blobs().len()]);
+    Ok(())
+}
+
+/// `LEASE=none` during a rolling update: the member the whole swarm ranks first for the image
+/// does not want it. Only the members that want it are ranked (their want records), so one of
+/// them pulls and the rest stream from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coordination_free_top_ranked_member_not_wanting_the_image_is_not_waited_for(
+) -> anyhow::Result<()> {
+    let origin = origin(&[2 * MIB, MIB, MIB]).await?;
+    let nodes = cluster(6, &origin, Election::None).await?;
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|n| n.swarm.local_peer_id().to_string())
+        .collect();
+    let top = contenders(&origin.image.manifest_digest, &ids, 1)[0].clone();
+    let wanting: Vec<&election_support::Node> = nodes
+        .iter()
+        .filter(|n| n.swarm.local_peer_id().to_string() != top)
+        .collect();
+    assert_eq!(wanting.len(), 5);
+    let tasks: Vec<_> = wanting
+        .iter()
+        .map(|n| spawn_fetch(n, &origin.reference))
+        .collect();
+    let mut reports = Vec::new();
+    for t in tasks {
+        reports.push(t.await??);
+    }
+    for n in &wanting {
+        assert_complete(n, &origin).await?;
+    }
+    origin.settle_log().await?;
+    assert_eq!(origin.blob_gets()?, vec![1; origin.image.blobs().len()]);
+    assert_eq!(
+        reports.iter().filter(|r| r.puller).count(),
+        1,
+        "{reports:#?}"
+    );
     Ok(())
 }

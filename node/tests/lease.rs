@@ -61,7 +61,12 @@ impl SwarmView for TestView {
             .is_some_and(|l| l["spec"]["holderIdentity"].is_string());
         let s = Snapshot {
             members: self.members.clone(),
-            providers: held,
+            wanting: self.members.clone(),
+            providers: if held {
+                vec!["holder".into()]
+            } else {
+                Vec::new()
+            },
         };
         async move { s }
     }
@@ -497,8 +502,9 @@ impl SwarmView for Members {
         let members = self.0.lock().map(|m| m.clone()).unwrap_or_default();
         async move {
             Snapshot {
+                wanting: members.clone(),
                 members,
-                providers: false,
+                providers: Vec::new(),
             }
         }
     }

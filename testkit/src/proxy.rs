@@ -1,7 +1,8 @@
 //! A TCP proxy on 127.0.0.1:<free port> in front of an upstream (usually a [`crate::Registry`]),
 //! counting the bytes it sends to clients, able to cut every connection after N more bytes
 //! (a registry dying mid-layer), to refuse new connections (a registry that is down), and to answer
-//! new connections with a canned HTTP error such as 429 or 503 (plain-HTTP upstreams only).
+//! new connections with a canned HTTP error such as 429 or 503 (plain-HTTP upstreams only), and to
+//! pace what it sends to clients to a rate (a slow registry).
 //! TLS passes through untouched (the registry's certificate is valid for 127.0.0.1).
 //!
 //! Invariants: one accept task owns the listener and every connection task; dropping the proxy
@@ -11,6 +12,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,6 +38,10 @@ struct Inner {
     faults_served: AtomicU64,
     /// Bumped to drop every open connection.
     cut: watch::Sender<u64>,
+    /// Bytes per second to clients, all connections together; 0 = unpaced.
+    rate: AtomicU64,
+    /// When the paced stream to clients is free again.
+    paced_until: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Inner {
@@ -60,6 +66,23 @@ impl Inner {
                 (usize::try_from(rem).unwrap_or(n), true)
             }
         }
+    }
+
+    /// Waits until `n` more bytes fit the rate (shared by every connection).
+    async fn pace(&self, n: usize) {
+        let rate = self.rate.load(Ordering::SeqCst);
+        if rate == 0 {
+            return;
+        }
+        let cost = Duration::from_secs_f64(n as f64 / rate as f64);
+        let at = {
+            let mut next = Self::lock(&self.paced_until);
+            let now = tokio::time::Instant::now();
+            let end = next.map_or(now, |t| t.max(now)) + cost;
+            *next = Some(end);
+            end
+        };
+        tokio::time::sleep_until(at).await;
     }
 
     fn fire_cut(&self) {
@@ -107,6 +130,8 @@ impl CountingProxy {
             faults: Mutex::new(VecDeque::new()),
             faults_served: AtomicU64::new(0),
             cut,
+            rate: AtomicU64::new(0),
+            paced_until: Mutex::new(None),
         });
         let (cmds, rx) = mpsc::channel(4);
         let task = tokio::spawn(accept_loop(inner.clone(), listener, addr, upstream, rx));
@@ -180,6 +205,14 @@ impl CountingProxy {
     /// Canned faults answered so far.
     pub fn faults_served(&self) -> u64 {
         self.inner.faults_served.load(Ordering::SeqCst)
+    }
+
+    /// Paces the bytes sent to clients (all connections together) to `bytes_per_sec`; `None`
+    /// sends as fast as the upstream does.
+    pub fn set_rate(&self, bytes_per_sec: Option<u64>) {
+        self.inner
+            .rate
+            .store(bytes_per_sec.unwrap_or(0), Ordering::SeqCst);
     }
 
     /// Drops every open connection now.
@@ -297,6 +330,7 @@ async fn forward(inner: Arc<Inner>, client: TcpStream, upstream: SocketAddr) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            inner.pace(n).await;
             let (allowed, fires) = inner.take(n);
             if allowed > 0 && cw.write_all(&buf[..allowed]).await.is_err() {
                 break;

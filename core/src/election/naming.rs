@@ -31,6 +31,18 @@ pub fn digest_label(manifest: &Digest) -> String {
     hex[..DIGEST_LABEL_HEX].to_string()
 }
 
+/// Domain separation of [`want_key`] (no blob or manifest has this digest).
+const WANT_CONTEXT: &[u8] = b"image-preheat want v1\0";
+
+/// The key under which every node fetching an image announces itself in the swarm, so the
+/// ranking covers only members that want it: sha256 of a fixed prefix and the manifest digest.
+/// Distinct from every blob key (a preimage of a real blob would be needed to collide).
+pub fn want_key(manifest: &Digest) -> Digest {
+    let mut data = WANT_CONTEXT.to_vec();
+    data.extend_from_slice(manifest.as_bytes());
+    Digest::of(&data)
+}
+
 /// The members that contend for the image's Lease: the top `k` of the rendezvous ranking of the
 /// image digest (as `sha256:…` text) over the live members.
 pub fn contenders<'a, M: AsRef<[u8]>>(manifest: &Digest, live: &'a [M], k: usize) -> Vec<&'a M> {

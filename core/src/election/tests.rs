@@ -11,6 +11,8 @@ fn cfg() -> ElectionConfig {
     ElectionConfig {
         lease_duration: Duration::from_secs(30),
         provider_wait: Duration::from_secs(5),
+        // Want records settled before these elections start (tests of `settle` set it).
+        settle: Duration::ZERO,
         ..ElectionConfig::default()
     }
 }
@@ -155,8 +157,14 @@ impl SimLease {
     }
 }
 
+/// A view where `providers` says whether a node outside `members` (a seeder) provides the image.
 fn view(members: &[String], providers: bool) -> View<'_, String> {
-    View { members, providers }
+    let seeder: &'static [String] = Box::leak(vec!["seeder".to_string()].into_boxed_slice());
+    View {
+        members,
+        wanting: members,
+        providers: if providers { seeder } else { &[] },
+    }
 }
 
 fn election(image: Digest, me: &str, cfg: ElectionConfig, now: Instant) -> Election<String> {
@@ -396,6 +404,22 @@ fn api_errors_fall_back_to_the_ranking_and_recover() {
     assert!(!acts.contains(&Action::FeedFromSwarm));
 }
 
+fn cf_config() -> ElectionConfig {
+    ElectionConfig {
+        mode: ElectionMode::CoordinationFree,
+        settle: Duration::from_millis(500),
+        ..cfg()
+    }
+}
+
+/// The role-change actions among `acts`.
+fn role_actions(acts: &[Action]) -> Vec<Action> {
+    acts.iter()
+        .filter(|a| matches!(a, Action::PullFromRegistry | Action::FeedFromSwarm))
+        .cloned()
+        .collect()
+}
+
 #[test]
 fn coordination_free_mode_top_member_pulls_then_the_next() {
     let t0 = Instant::now();
@@ -403,25 +427,187 @@ fn coordination_free_mode_top_member_pulls_then_the_next() {
     let m = names(5);
     let r = ranked(&img, &m);
     let mut rng = StdRng::seed_from_u64(5);
-    let c = ElectionConfig {
-        mode: ElectionMode::CoordinationFree,
-        ..cfg()
-    };
+    let c = cf_config();
     let mut first = Election::new(img, r[0].clone(), r[0].clone(), c.clone(), t0);
-    let mut second = Election::new(img, r[1].clone(), r[1].clone(), c, t0);
+    let mut second = Election::new(img, r[1].clone(), r[1].clone(), c.clone(), t0);
+    // Until want records settle, nobody decides.
+    let acts = first.poll(t0, view(&m, false), &mut rng);
     assert_eq!(
-        first.poll(t0, view(&m, false), &mut rng)[0],
-        Action::PullFromRegistry
+        acts,
+        vec![Action::Wait {
+            until: t0 + c.settle
+        }]
+    );
+    let t1 = t0 + c.settle;
+    assert_eq!(
+        role_actions(&first.poll(t1, view(&m, false), &mut rng)),
+        vec![Action::PullFromRegistry]
     );
     assert_eq!(
-        second.poll(t0, view(&m, false), &mut rng)[0],
-        Action::FeedFromSwarm
+        role_actions(&second.poll(t1, view(&m, false), &mut rng)),
+        vec![Action::FeedFromSwarm]
     );
+    // The first announces itself as provider; the second keeps following, past any deadline.
+    let pulling = [r[0].clone()];
+    let later = t1 + c.provider_wait * 3;
+    let acts = second.poll(
+        later,
+        View {
+            members: &m,
+            wanting: &m,
+            providers: &pulling,
+        },
+        &mut rng,
+    );
+    assert!(role_actions(&acts).is_empty(), "{acts:?}");
+    assert_eq!(second.role(), Role::Follow);
+    // The first leaves the swarm (its provider record stops counting with it): the next pulls.
     let rest: Vec<String> = m.iter().filter(|x| **x != r[0]).cloned().collect();
     assert_eq!(
-        second.poll(t0, view(&rest, true), &mut rng)[0],
-        Action::PullFromRegistry
+        role_actions(&second.poll(later, view(&rest, false), &mut rng)),
+        vec![Action::PullFromRegistry]
     );
+}
+
+#[test]
+fn coordination_free_ranks_only_members_that_want_the_image() {
+    let t0 = Instant::now();
+    let img = digest(14);
+    let m = names(10);
+    let r = ranked(&img, &m);
+    let c = cf_config();
+    let mut rng = StdRng::seed_from_u64(14);
+    // A rolling update: only ranks 3 and 7 of the whole swarm want the image.
+    let wanting = [r[7].clone(), r[3].clone()];
+    let v = View {
+        members: &m,
+        wanting: &wanting,
+        providers: &[],
+    };
+    let t1 = t0 + c.settle;
+    let mut a = Election::new(img, r[3].clone(), r[3].clone(), c.clone(), t0);
+    let mut b = Election::new(img, r[7].clone(), r[7].clone(), c, t0);
+    assert_eq!(
+        role_actions(&a.poll(t1, v, &mut rng)),
+        vec![Action::PullFromRegistry]
+    );
+    assert_eq!(
+        role_actions(&b.poll(t1, v, &mut rng)),
+        vec![Action::FeedFromSwarm]
+    );
+}
+
+#[test]
+fn coordination_free_a_provider_at_start_is_followed_without_settling() {
+    let t0 = Instant::now();
+    let img = digest(10);
+    let m = names(3);
+    let r = ranked(&img, &m);
+    let mut rng = StdRng::seed_from_u64(10);
+    // The top-ranked member wants the image, but a node that has it already provides it.
+    let mut e = Election::new(img, r[0].clone(), r[0].clone(), cf_config(), t0);
+    assert_eq!(
+        role_actions(&e.poll(t0, view(&m, true), &mut rng)),
+        vec![Action::FeedFromSwarm]
+    );
+}
+
+#[test]
+fn coordination_free_widens_while_nobody_provides() {
+    let t0 = Instant::now();
+    let img = digest(11);
+    let m = names(8);
+    let r = ranked(&img, &m);
+    let c = cf_config();
+    let mut rng = StdRng::seed_from_u64(11);
+    // The top-ranked's want record is stale: it never pulls (it is not among the elections).
+    let mut nodes: Vec<Election<String>> = r[1..]
+        .iter()
+        .map(|me| Election::new(img, me.clone(), me.clone(), c.clone(), t0))
+        .collect();
+    let pullers_at = |nodes: &mut Vec<Election<String>>, now: Instant, rng: &mut StdRng| {
+        for e in nodes.iter_mut() {
+            e.poll(now, view(&m, false), rng);
+        }
+        nodes.iter().filter(|e| e.role() == Role::Pull).count()
+    };
+    let t1 = t0 + c.settle;
+    assert_eq!(pullers_at(&mut nodes, t1, &mut rng), 0);
+    // Each missed deadline lets the next ranks pull: top 2 (one of them stale), then top 4.
+    let d1 = t1 + c.provider_wait;
+    assert_eq!(pullers_at(&mut nodes, d1, &mut rng), 1);
+    assert_eq!(nodes[0].role(), Role::Pull);
+    // With a provider in view the others stop widening and follow.
+    let providing = [r[1].clone()];
+    for e in nodes.iter_mut().skip(1) {
+        e.poll(
+            d1,
+            View {
+                members: &m,
+                wanting: &m,
+                providers: &providing,
+            },
+            &mut rng,
+        );
+    }
+    for e in nodes.iter_mut().skip(1) {
+        e.poll(
+            d1 + c.provider_wait * 4,
+            View {
+                members: &m,
+                wanting: &m,
+                providers: &providing,
+            },
+            &mut rng,
+        );
+        assert_eq!(e.role(), Role::Follow);
+    }
+    // Without it (a second deadline missed from scratch), ranks up to 4 pull.
+    let mut fresh: Vec<Election<String>> = r[1..]
+        .iter()
+        .map(|me| Election::new(img, me.clone(), me.clone(), c.clone(), t0))
+        .collect();
+    pullers_at(&mut fresh, d1, &mut rng);
+    assert_eq!(pullers_at(&mut fresh, d1 + c.provider_wait, &mut rng), 3);
+}
+
+#[test]
+fn coordination_free_two_pullers_keep_the_higher_ranked() {
+    let t0 = Instant::now();
+    let img = digest(12);
+    let m = names(2);
+    let r = ranked(&img, &m);
+    let c = cf_config();
+    let mut rng = StdRng::seed_from_u64(12);
+    let mut hi = Election::new(img, r[0].clone(), r[0].clone(), c.clone(), t0);
+    let mut lo = Election::new(img, r[1].clone(), r[1].clone(), c.clone(), t0);
+    let t1 = t0 + c.settle;
+    // Each saw only itself when it decided: both pull.
+    hi.poll(t1, view(&m[..0], false), &mut rng);
+    lo.poll(t1, view(&m[..0], false), &mut rng);
+    assert_eq!((hi.role(), lo.role()), (Role::Pull, Role::Pull));
+    // Then each sees the other providing: the lower-ranked follows, the other keeps pulling.
+    let acts = lo.poll(
+        t1,
+        View {
+            members: &m,
+            wanting: &m,
+            providers: &r[..1],
+        },
+        &mut rng,
+    );
+    assert_eq!(role_actions(&acts), vec![Action::FeedFromSwarm]);
+    let acts = hi.poll(
+        t1,
+        View {
+            members: &m,
+            wanting: &m,
+            providers: &r[1..],
+        },
+        &mut rng,
+    );
+    assert!(role_actions(&acts).is_empty(), "{acts:?}");
+    assert_eq!((hi.role(), lo.role()), (Role::Pull, Role::Follow));
 }
 
 #[test]
@@ -555,6 +741,16 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// The live nodes other than `me` that pull (and so provide the image).
+fn pullers(m: &[String], nodes: &[Option<Election<String>>], me: usize) -> Vec<String> {
+    m.iter()
+        .zip(nodes)
+        .enumerate()
+        .filter(|(i, (_, e))| *i != me && e.as_ref().is_some_and(|e| e.role() == Role::Pull))
+        .map(|(_, (x, _))| x.clone())
+        .collect()
+}
+
 proptest! {
     /// Many nodes share one Lease object; nodes die, answers fail, time jumps. At any time at most
     /// one live node believes it holds an unexpired Lease, and it is the one the object names.
@@ -578,9 +774,11 @@ proptest! {
                 Step::Poll { node, advance_ms, api_fails, lose_answers } => {
                     now += Duration::from_millis(advance_ms);
                     let live: Vec<String> = m.iter().zip(&nodes).filter(|(_, e)| e.is_some()).map(|(x, _)| x.clone()).collect();
+                    let pulling = pullers(&m, &nodes, node % n);
+                    let v = View { members: &live, wanting: &live, providers: &pulling };
                     let Some(Some(e)) = nodes.get_mut(node % n) else { continue };
                     if api_fails {
-                        for a in e.poll(now, view(&live, true), &mut rng) {
+                        for a in e.poll(now, v, &mut rng) {
                             match a {
                                 Action::Get => e.on_get(now, Observed::ApiError, &mut rng),
                                 Action::Create | Action::Renew { .. } | Action::TakeOver { .. } | Action::Release { .. } | Action::Yield { .. } => e.on_write(now, Written::ApiError, &mut rng),
@@ -589,7 +787,7 @@ proptest! {
                         }
                     } else {
                         sim.lose_answers = lose_answers;
-                        sim.drive(e, now, view(&live, true), &mut rng);
+                        sim.drive(e, now, v, &mut rng);
                         sim.lose_answers = false;
                     }
                 }
@@ -607,8 +805,12 @@ proptest! {
         if !completed && !live.is_empty() {
             for _ in 0..100 {
                 now += Duration::from_secs(1);
-                for e in nodes.iter_mut().flatten() {
-                    sim.drive(e, now, view(&live, true), &mut rng);
+                for i in 0..n {
+                    let pulling = pullers(&m, &nodes, i);
+                    let v = View { members: &live, wanting: &live, providers: &pulling };
+                    if let Some(e) = nodes[i].as_mut() {
+                        sim.drive(e, now, v, &mut rng);
+                    }
                 }
             }
             let holders = nodes.iter().flatten().filter(|e| e.holds_at(now)).count();
@@ -628,4 +830,94 @@ proptest! {
             prop_assert_eq!(lease_name(&da), lease_name(&db));
         }
     }
+}
+
+proptest! {
+    /// Coordination-free mode: nodes that want the image start at random times with partial
+    /// views (members they see, stale want records of nodes that never pull), pullers die. Once
+    /// views agree, exactly one live wanting node pulls.
+    #[test]
+    fn coordination_free_converges_to_one_puller(
+        n in 2usize..10,
+        seed in any::<u64>(),
+        stale in 0usize..3,
+        starts in prop::collection::vec(0u64..3000, 10),
+        partial in prop::collection::vec(any::<u16>(), 10),
+        kills in prop::collection::vec(0usize..10, 0..3),
+    ) {
+        let t0 = Instant::now();
+        let img = digest(13);
+        let all = names(n + stale);
+        let c = cf_config();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut nodes: Vec<Option<Election<String>>> = all[..n]
+            .iter()
+            .map(|me| Some(Election::new(img, me.clone(), me.clone(), c.clone(), t0)))
+            .collect();
+        let step = Duration::from_millis(250);
+        let sync = t0 + Duration::from_secs(4);
+        let mut now = t0;
+        let mut killed = 0;
+        for round in 0..400u32 {
+            now += step;
+            // A puller dies every 40 steps while kills remain (the next one must take over).
+            if round % 40 == 39 && killed < kills.len() {
+                if let Some(i) = (0..n).find(|i| nodes[*i].as_ref().is_some_and(|e| e.role() == Role::Pull)) {
+                    nodes[i] = None;
+                }
+                killed += 1;
+            }
+            let pullers: Vec<String> = (0..n)
+                .filter(|i| nodes[*i].as_ref().is_some_and(|e| e.role() == Role::Pull))
+                .map(|i| all[i].clone())
+                .collect();
+            let alive: Vec<bool> = nodes.iter().map(Option::is_some).collect();
+            for i in 0..n {
+                if now < t0 + Duration::from_millis(starts[i]) {
+                    continue;
+                }
+                let Some(e) = nodes[i].as_mut() else { continue };
+                let members: Vec<String> = (0..n + stale)
+                    .filter(|j| *j >= n || alive[*j])
+                    .map(|j| all[j].clone())
+                    .collect();
+                // Before `sync` a node sees a random subset of the want records.
+                let wanting: Vec<String> = (0..n + stale)
+                    .filter(|j| *j >= n || alive[*j])
+                    .filter(|j| now >= sync || *j == i || partial[i] & (1 << (j % 16)) != 0)
+                    .map(|j| all[j].clone())
+                    .collect();
+                let providers: Vec<String> = pullers
+                    .iter()
+                    .filter(|p| **p != all[i])
+                    .cloned()
+                    .collect();
+                e.poll(now, View { members: &members, wanting: &wanting, providers: &providers }, &mut rng);
+            }
+        }
+        let live = nodes.iter().flatten().count();
+        let pullers = nodes.iter().flatten().filter(|e| e.role() == Role::Pull).count();
+        prop_assert_eq!(pullers, usize::from(live > 0), "{} live", live);
+    }
+}
+
+#[test]
+fn a_contender_arriving_after_the_release_follows_the_swarm() {
+    let t0 = Instant::now();
+    let img = digest(15);
+    let m = names(3);
+    let r = ranked(&img, &m);
+    let mut rng = StdRng::seed_from_u64(15);
+    let mut sim = SimLease::default();
+    // The top-ranked arrives after another node pulled, completed and deleted the Lease; that
+    // node provides the image now.
+    let mut e = election(img, &r[0], cfg(), t0);
+    let acts = sim.drive(&mut e, t0, view(&m, true), &mut rng);
+    assert_eq!(acts, vec![Action::FeedFromSwarm]);
+    assert!(sim.lease.is_none() && !e.is_holder());
+    assert_eq!(sim.calls, 1, "one read, no create");
+    // It stays off the API while the provider is there.
+    let later = t0 + Duration::from_secs(60);
+    assert_eq!(sim.drive(&mut e, later, view(&m, true), &mut rng), vec![]);
+    assert_eq!(sim.calls, 1);
 }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 pub enum ElectionMode {
     /// `LEASE=kube`: a `coordination.k8s.io/v1` Lease decides; coordination-free while it fails.
     Kube,
-    /// `LEASE=none`: the top-ranked live member pulls; the next one if it disappears.
+    /// `LEASE=none`: the top-ranked live member that wants the image pulls; the next one if it
+    /// disappears; the next ranks too (1, 2, 4, …) while no provider shows up in time.
     CoordinationFree,
 }
 
@@ -26,6 +27,10 @@ pub struct ElectionConfig {
     /// Delay of the first API call per rank (rank r waits r × this), so the top-ranked usually
     /// creates the Lease and the others find it instead of racing into a 409.
     pub stagger: Duration,
+    /// Coordination-free mode: the first decision waits this long unless a provider is already
+    /// there, so the want records of nodes that start together are seen before anyone ranks itself
+    /// first.
+    pub settle: Duration,
     /// First retry delay after an API error; doubles per failure up to `retry_max`; jittered.
     pub retry_min: Duration,
     pub retry_max: Duration,
@@ -40,6 +45,7 @@ impl Default for ElectionConfig {
             provider_wait: Duration::from_secs(10),
             clock_skew: Duration::from_secs(2),
             stagger: Duration::from_millis(500),
+            settle: Duration::from_millis(500),
             retry_min: Duration::from_millis(500),
             retry_max: Duration::from_secs(30),
         }
@@ -114,10 +120,15 @@ pub enum Action {
 /// What the swarm says about the image right now.
 #[derive(Debug)]
 pub struct View<'a, M> {
-    /// Live members (this node may or may not be listed).
+    /// Live members (this node may or may not be listed); the Lease contenders are ranked on them.
     pub members: &'a [M],
-    /// Whether some member provides (part of) the image.
-    pub providers: bool,
+    /// Live members that want the image (this node always counts, listed or not); the
+    /// coordination-free rule (and the fallback) ranks them, so a node that does not want the
+    /// image is never waited for.
+    pub wanting: &'a [M],
+    /// Live members other than this node that provide (part of) the image: a puller from its
+    /// start, every node once it has the whole image.
+    pub providers: &'a [M],
 }
 
 // Manual impls: a derive would require `M: Copy`.

@@ -5,6 +5,7 @@
 //!  fetch(ref) ─► resolve (swarm tag record, else registry + publish) ─► record_image
 //!     │ every blob stored? ─► done
 //!     ▼
+//!  announce want_key(manifest) (withdrawn when the fetch ends; LEASE=none ranks these nodes)
 //!  LeaseElector::start(manifest digest, MemberView) ─► Role::Pull ─► registry pull, each blob
 //!     │      ▲ role changes (lost Lease / takeover)          announced as its writer opens
 //!     │      ▼                                                  │
@@ -28,6 +29,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use preheat_core::election::want_key;
 use preheat_core::manifest::Platform;
 use preheat_core::reference::Reference;
 use preheat_core::Digest;
@@ -287,9 +289,27 @@ impl ImageFetcher {
         Ok(())
     }
 
-    /// Elected: pull while this node holds the role, follow the swarm otherwise.
+    /// Elected, with this node's want record announced for the duration.
     #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
     async fn elected(
+        &self,
+        h: &SwarmHandle,
+        el: &LeaseElector,
+        reference: &Reference,
+        manifest: Digest,
+        blobs: &[(Digest, u64)],
+        tracker: &Tracker,
+        tally: &mut Tally,
+    ) -> Result<(), FetchError> {
+        // Wanted here: the ranking of every node fetching the image includes this one.
+        let _want = Want::announce(h, manifest).await;
+        self.elect(h, el, reference, manifest, blobs, tracker, tally)
+            .await
+    }
+
+    /// The election loop: pull while this node holds the role, follow the swarm otherwise.
+    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
+    async fn elect(
         &self,
         h: &SwarmHandle,
         el: &LeaseElector,
@@ -372,6 +392,40 @@ impl ImageFetcher {
         }
         election.complete().await;
         Ok(())
+    }
+}
+
+/// This node's want record of one image: announced while its fetch runs, withdrawn when the fetch
+/// ends, fails or is cancelled (drop).
+struct Want {
+    swarm: SwarmHandle,
+    key: Digest,
+}
+
+impl Want {
+    async fn announce(swarm: &SwarmHandle, manifest: Digest) -> Self {
+        let key = want_key(&manifest);
+        if let Err(e) = swarm.announce(key).await {
+            tracing::debug!(%manifest, error = %e, "cannot announce the want record");
+        }
+        Self {
+            swarm: swarm.clone(),
+            key,
+        }
+    }
+}
+
+impl Drop for Want {
+    fn drop(&mut self) {
+        // Drop cannot await the bounded command queue: withdraw from a task.
+        let (swarm, key) = (self.swarm.clone(), self.key);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = swarm.withdraw(key).await {
+                    tracing::debug!(error = %e, "cannot withdraw the want record");
+                }
+            });
+        }
     }
 }
 

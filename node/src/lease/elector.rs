@@ -26,8 +26,10 @@ use super::{LeaseConfig, LeaseError, LeaseMetrics, LeaseMode};
 pub struct Snapshot {
     /// Live members' ranking ids (this node may be among them).
     pub members: Vec<String>,
-    /// Whether any member provides (part of) the image.
-    pub providers: bool,
+    /// Ranking ids of the live members that want the image (this node may be among them).
+    pub wanting: Vec<String>,
+    /// Ranking ids of the live members, this node excluded, that provide (part of) the image.
+    pub providers: Vec<String>,
 }
 
 /// The swarm as the election needs it; the node implements it over the swarm handle.
@@ -303,7 +305,8 @@ impl Run {
                 Instant::now(),
                 View {
                     members: &snap.members,
-                    providers: snap.providers,
+                    wanting: &snap.wanting,
+                    providers: &snap.providers,
                 },
                 &mut self.rng,
             );

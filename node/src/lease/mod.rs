@@ -72,6 +72,9 @@ pub struct LeaseConfig {
     pub retry_max: Duration,
     /// Delay per rank before a contender's first API call.
     pub stagger: Duration,
+    /// Coordination-free: pause before the first decision (unless a provider is there), so the
+    /// want records of nodes starting together are seen.
+    pub settle: Duration,
     /// Margin for clock skew before a Lease counts as expired.
     pub clock_skew: Duration,
 }
@@ -93,6 +96,7 @@ impl LeaseConfig {
             retry_min: d.retry_min,
             retry_max: d.retry_max,
             stagger: d.stagger,
+            settle: d.settle,
             clock_skew: d.clock_skew,
         }
     }
@@ -109,6 +113,7 @@ impl LeaseConfig {
             provider_wait: self.provider_wait,
             clock_skew: self.clock_skew,
             stagger: self.stagger,
+            settle: self.settle,
             retry_min: self.retry_min,
             retry_max: self.retry_max,
         }
