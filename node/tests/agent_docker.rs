@@ -33,6 +33,12 @@ async fn listed_image_lands_in_docker_and_the_download_loads() {
     assert_eq!(e["inRuntime"], true, "{e}");
     let inspect = dockerd.inspect(&img.reference).await.unwrap().unwrap();
     assert_eq!(inspect["Id"], img.config_digest.to_string());
+    // DOCKER_REPO_DIGESTS (default on): the RepoDigest a `docker pull` records.
+    let repo = img.reference.rsplit_once(':').unwrap().0;
+    assert_eq!(
+        inspect["RepoDigests"],
+        serde_json::json!([format!("{repo}@{}", img.manifest_digest)])
+    );
 
     let (code, check) = agent
         .get_json(&format!("/images/check?image={}", img.reference))

@@ -106,6 +106,46 @@ async fn import_shows_the_pulled_image_id_and_tag() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_records_the_repo_digest_fetching_only_the_manifest() -> Result<()> {
+    let reg = Registry::start().await?;
+    let tmp = tempfile::tempdir()?;
+    let (store, reference, img) =
+        pulled(&reg, tmp.path(), ManifestFormat::Oci, "team/digests:v1").await?;
+    let dockerd = Dockerd::start().await?;
+    let cfg = RuntimeConfig {
+        docker_repo_digests: Some(Default::default()),
+        ..docker_cfg(&dockerd)
+    };
+    let docker = connect(&cfg).await?.remove(0);
+    let before = reg.access_log()?.len();
+    tokio::time::timeout(
+        STEP,
+        docker.import(&store, &reference, &img.manifest_digest),
+    )
+    .await
+    .context("import timed out")??;
+    let inspect = dockerd.inspect(&img.reference).await?.context("no image")?;
+    assert_eq!(inspect["Id"], img.config_digest.to_string());
+    assert_eq!(inspect["RepoTags"], serde_json::json!([img.reference]));
+    let repo_digest = format!(
+        "{}@{}",
+        img.reference.rsplit_once(':').unwrap().0,
+        img.manifest_digest
+    );
+    assert_eq!(inspect["RepoDigests"], serde_json::json!([repo_digest]));
+    let asked = reg.access_log()?.split_off(before);
+    assert!(
+        asked.iter().all(|e| e.blob_digest().is_none()),
+        "dockerd fetched blobs: {asked:?}"
+    );
+    assert!(
+        asked.iter().any(|e| e.path.contains("/manifests/")),
+        "{asked:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_archive_stream_loads_with_the_docker_cli() -> Result<()> {
     let reg = Registry::start().await?;
     let tmp = tempfile::tempdir()?;

@@ -91,6 +91,11 @@ pub struct AgentArgs {
     /// containerd namespace images are created in (kubelet uses k8s.io).
     #[arg(long, env = "CONTAINERD_NAMESPACE", default_value = "k8s.io")]
     pub containerd_namespace: String,
+    /// After loading an image into Docker, let dockerd pull `repo@digest` (the manifest only, its
+    /// layers are present) so the image shows the RepoDigest a `docker pull` records.
+    #[arg(long, env = "DOCKER_REPO_DIGESTS", default_value_t = true,
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub docker_repo_digests: bool,
     /// Serve the node-local registry mirror on --mirror-addr (containerd's hosts.toml points
     /// there); `false` for nodes whose runtime does not use it.
     #[arg(long = "mirror", env = "MIRROR_ENABLED", default_value_t = true,

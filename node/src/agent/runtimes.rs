@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::StreamExt;
+use image_preheat::registry::credentials::DockerConfig;
 use image_preheat::runtime::{self, Runtime, RuntimeConfig};
 use preheat_core::reference::Reference;
 use preheat_core::Digest;
@@ -66,6 +67,14 @@ pub async fn connect(args: &AgentArgs, store: &Store) -> Result<Runtimes, u8> {
         docker_host: args.docker_host.clone(),
         containerd_address: args.containerd_address.clone(),
         containerd_namespace: args.containerd_namespace.clone(),
+        docker_repo_digests: args.docker_repo_digests.then(|| {
+            // The same pull secrets the registry client reads (it already rejected a bad file).
+            args.registry
+                .config()
+                .docker_config
+                .and_then(|p| DockerConfig::load(&p).ok())
+                .unwrap_or_default()
+        }),
     };
     let found = runtime::connect_with(&cfg, Some(store.clone()))
         .await

@@ -2,15 +2,19 @@
 //!
 //! What differs from `docker pull`: the image ID (config digest) and tag are the same, but a load
 //! sets no RepoDigests (Docker's `/images/load` only accepts tags, and `/images/{name}/tag` refuses
-//! digests), so `docker images --digests` shows `<none>` where a pull shows `repo@sha256:…`.
-//! [`Runtime::has_image`] therefore also accepts an image whose ID is the manifest's config digest.
+//! digests). With repo digests on, the import then asks dockerd to pull `repo@digest`: dockerd finds
+//! the image ID present, fetches only the manifest from the registry and records the RepoDigest a
+//! pull records (best effort: a failure is logged, the loaded image stays). Without it
+//! `docker images --digests` shows `<none>`; [`Runtime::has_image`] therefore also accepts an image
+//! whose ID is the manifest's config digest.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bollard::query_parameters::ImportImageOptionsBuilder;
+use bollard::auth::DockerCredentials;
+use bollard::query_parameters::{CreateImageOptionsBuilder, ImportImageOptionsBuilder};
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures::StreamExt;
 use preheat_core::manifest::{parse_manifest, Manifest};
@@ -21,11 +25,14 @@ use preheat_store::Store;
 use super::archive::docker_archive;
 use super::stored::StoredImage;
 use super::{Runtime, RuntimeError};
+use crate::registry::credentials::{Credential, DockerConfig};
 
 /// Deadline for short calls (version, inspect), in seconds.
 const CALL_TIMEOUT_SECS: u64 = 30;
 /// Deadline for one `/images/load` (dockerd answers only after reading the whole archive).
 pub const IMPORT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Deadline for the manifest-only pull that records a RepoDigest.
+const REPO_DIGEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long detection waits for the daemon to answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -37,6 +44,8 @@ pub struct DockerRuntime {
     store: Option<Store>,
     /// manifest → image ID, for images this process loaded.
     loaded: Mutex<HashMap<Digest, Digest>>,
+    /// Record RepoDigests after a load, with these registry credentials.
+    repo_digests: Option<DockerConfig>,
 }
 
 impl DockerRuntime {
@@ -65,7 +74,53 @@ impl DockerRuntime {
             host: host.to_owned(),
             store,
             loaded: Mutex::new(HashMap::new()),
+            repo_digests: None,
         })
+    }
+
+    /// Records RepoDigests after loads (see the module docs), with these credentials.
+    pub fn with_repo_digests(mut self, credentials: Option<DockerConfig>) -> Self {
+        self.repo_digests = credentials;
+        self
+    }
+
+    /// Lets dockerd pull `name@digest` of an image it already holds: the manifest is all it
+    /// fetches, and it records the RepoDigest. Best effort.
+    async fn record_repo_digest(&self, reference: &Reference, digest: &Digest) {
+        let Some(creds) = &self.repo_digests else {
+            return;
+        };
+        let from = format!("{}@{digest}", reference.name());
+        let auth = creds.lookup(reference.registry()).map(|c| match c {
+            Credential::Basic { username, password } => DockerCredentials {
+                username: Some(username.clone()),
+                password: Some(password.clone()),
+                serveraddress: Some(reference.registry().to_owned()),
+                ..DockerCredentials::default()
+            },
+            Credential::IdentityToken(t) => DockerCredentials {
+                identitytoken: Some(t.clone()),
+                serveraddress: Some(reference.registry().to_owned()),
+                ..DockerCredentials::default()
+            },
+        });
+        let opts = CreateImageOptionsBuilder::default()
+            .from_image(&from)
+            .build();
+        let pull = async {
+            let mut progress = self.docker.create_image(Some(opts), None, auth);
+            while let Some(item) = progress.next().await {
+                item?;
+            }
+            Ok::<_, bollard::errors::Error>(())
+        };
+        match tokio::time::timeout(REPO_DIGEST_TIMEOUT, pull).await {
+            Ok(Ok(())) => tracing::debug!(%from, "repo digest recorded in docker"),
+            Ok(Err(e)) => {
+                tracing::warn!(%from, error = %e, "docker could not record the repo digest")
+            }
+            Err(_) => tracing::warn!(%from, "docker did not record the repo digest in time"),
+        }
     }
 
     /// The bollard client.
@@ -177,6 +232,9 @@ impl Runtime for DockerRuntime {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(*manifest, id);
+        // A pull of a tag records the digest the tag resolved to: the index's when there is one.
+        let resolved = img.index.as_ref().map_or(*manifest, |i| i.digest);
+        self.record_repo_digest(reference, &resolved).await;
         tracing::debug!(%reference, %manifest, image_id = %id, "image loaded into docker");
         Ok(())
     }

@@ -26,6 +26,8 @@ use preheat_core::reference::Reference;
 use preheat_core::Digest;
 use preheat_store::{Store, StoreError};
 
+use crate::registry::credentials::DockerConfig;
+
 pub use archive::docker_archive;
 pub use containerd::ContainerdRuntime;
 pub use docker::DockerRuntime;
@@ -61,6 +63,10 @@ pub struct RuntimeConfig {
     pub docker_host: Option<String>,
     pub containerd_address: PathBuf,
     pub containerd_namespace: String,
+    /// After a Docker load, let dockerd pull `repo@digest` so it records the RepoDigest a pull
+    /// records; dockerd finds the image ID present and asks the registry for the manifest only.
+    /// `Some(credentials)` turns it on (an empty config: anonymous).
+    pub docker_repo_digests: Option<DockerConfig>,
 }
 
 impl Default for RuntimeConfig {
@@ -70,6 +76,7 @@ impl Default for RuntimeConfig {
             docker_host: None,
             containerd_address: PathBuf::from(DEFAULT_CONTAINERD_ADDRESS),
             containerd_namespace: DEFAULT_CONTAINERD_NAMESPACE.to_owned(),
+            docker_repo_digests: None,
         }
     }
 }
@@ -186,7 +193,9 @@ pub async fn connect_with(
     let want_containerd = matches!(cfg.kind, RuntimeKind::Auto | RuntimeKind::Containerd);
     if want_docker {
         match DockerRuntime::connect(host, store.clone()).await {
-            Ok(d) => out.push(Arc::new(d)),
+            Ok(d) => out.push(Arc::new(
+                d.with_repo_digests(cfg.docker_repo_digests.clone()),
+            )),
             Err(e) if cfg.kind == RuntimeKind::Auto => {
                 tracing::debug!(host, error = %e, "docker not detected");
             }
