@@ -230,6 +230,7 @@ impl Driver<'_> {
                             }
                         }
                         Ok(Reply::Busy) => t.on_busy(r.peer, r.chunk, now),
+                        Ok(Reply::Declined) => t.on_declined(r.peer, r.chunk, now),
                         Ok(Reply::NotFound) | Err(_) => t.on_failure(r.peer, r.chunk, now),
                     }
                 }
