@@ -124,6 +124,8 @@ pub(crate) enum Reply {
     Data(Vec<u8>),
     Busy,
     Declined,
+    /// The stream was reset unanswered (the server could not accept it in time).
+    Dropped,
     NotFound,
 }
 
@@ -142,7 +144,14 @@ pub(crate) async fn request(
         .await
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e))?;
     protocol::write_chunk_request(&mut s, &blob, chunk).await?;
-    match protocol::read_chunk_header(&mut s, len).await? {
+    let status = match protocol::read_chunk_header(&mut s, len).await {
+        Ok(st) => st,
+        // Reset before the status byte: libp2p-stream drops an inbound stream when the server's
+        // accept queue (one slot) is full, which happens under load; retry soon, like busy.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Reply::Dropped),
+        Err(e) => return Err(e),
+    };
+    match status {
         ChunkStatus::Busy => return Ok(Reply::Busy),
         ChunkStatus::Declined => return Ok(Reply::Declined),
         ChunkStatus::NotFound => return Ok(Reply::NotFound),

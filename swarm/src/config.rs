@@ -67,6 +67,8 @@ impl Default for SwarmConfig {
             download_rate: Some(500 * 1024 * 1024),
             max_uploads: 8,
             resend_after: UploadConfig::default().resend_after,
+            // 1 MiB chunks: at most 16 MiB held per download. More per peer was slower on
+            // loopback: libp2p-stream drops inbound streams its one-slot accept queue cannot take.
             max_requests: 16,
             max_requests_per_peer: 3,
             max_connections: 512,
