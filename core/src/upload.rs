@@ -192,13 +192,14 @@ mod tests {
             max_uploads: 1_000_000,
             resend_after: Duration::from_secs(60),
         });
-        for b in 0..(MAX_TRACKED_BLOBS as u32 * 3) {
+        let n = u32::try_from(MAX_TRACKED_BLOBS).unwrap() * 3;
+        for b in 0..n {
             assert_eq!(g.decide(b, 0, t), UploadDecision::Serve);
         }
         assert!(g.blobs.len() <= MAX_TRACKED_BLOBS);
         // The first blob was forgotten, the last is remembered.
         assert_eq!(g.decide(0, 0, t), UploadDecision::Serve);
-        let last = MAX_TRACKED_BLOBS as u32 * 3 - 1;
+        let last = n - 1;
         assert_eq!(g.decide(last, 0, t), UploadDecision::Declined);
     }
 }
