@@ -19,6 +19,7 @@ pub mod reference;
 pub mod rendezvous;
 pub mod transfer;
 pub mod units;
+pub mod upload;
 
 pub use chunk::{ChunkIndex, ChunkLayout};
 pub use digest::Digest;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use preheat_core::transfer::TransferConfig;
+use preheat_core::upload::UploadConfig;
 use serde::{Deserialize, Serialize};
 
 /// Upload and download capacity of one node, bytes per second.
@@ -62,6 +63,9 @@ pub struct SimConfig {
     pub max_peers: usize,
     /// Chunk uploads a node serves at once; more are answered busy (production: 8).
     pub max_uploads: usize,
+    /// A node declines a chunk it is sending or started sending this recently (super-seeding,
+    /// production: 1 s; zero turns it off).
+    pub resend_after: Duration,
     /// Blobs a node downloads at once (production: 3).
     pub parallel_blobs: usize,
     /// Chunk requests the origin puller keeps open per blob (a pipelined stream).
@@ -89,7 +93,8 @@ impl SimConfig {
             dht_lookup: Duration::from_millis(50),
             refresh: Duration::from_secs(2),
             max_peers: 64,
-            max_uploads: 8,
+            max_uploads: UploadConfig::default().max_uploads,
+            resend_after: UploadConfig::default().resend_after,
             parallel_blobs: 3,
             origin_streams: 2,
             transfer: TransferConfig {

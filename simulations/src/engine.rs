@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use preheat_core::bitfield::Bitfield;
 use preheat_core::picker::Policy;
 use preheat_core::transfer::{Action, Transfer, TransferConfig};
+use preheat_core::upload::{UploadConfig, UploadGate};
 use preheat_core::ChunkLayout;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -30,13 +31,21 @@ enum Ev {
     Start(u32),
     /// A chunk request reaches its uploader.
     Arrive(Req),
-    /// The uploader refused (busy) or was gone.
-    Refused(Req, bool),
+    /// The uploader refused or was gone.
+    Refused(Req, Refusal),
     FlowDone(FlowId, u64),
     Wake(u32, u16),
     Refresh(u32, u16),
     Kill(usize),
     Takeover,
+}
+
+/// Why a request got no data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Refusal {
+    Gone,
+    Busy,
+    Declined,
 }
 
 /// A chunk request: downloader, blob, uploader, chunk.
@@ -90,6 +99,8 @@ pub struct Sim {
     origin: u32,
     puller: Option<u32>,
     reqs: HashMap<Req, ReqState>,
+    /// Per node: its upload slots and recent sends (production's serving policy).
+    gates: Vec<UploadGate<u16>>,
     /// Per blob: nodes downloading or holding it (candidates), and those with at least one chunk.
     registered: Vec<Vec<u32>>,
     providers: Vec<Vec<u32>>,
@@ -155,6 +166,14 @@ impl Sim {
             origin,
             puller: Some(puller),
             reqs: HashMap::new(),
+            gates: (0..n)
+                .map(|_| {
+                    UploadGate::new(UploadConfig {
+                        max_uploads: cfg.max_uploads,
+                        resend_after: cfg.resend_after,
+                    })
+                })
+                .collect(),
             registered: vec![Vec::new(); blobs],
             providers: vec![Vec::new(); blobs],
             waves,
@@ -220,20 +239,22 @@ impl Sim {
                 }
             }
             Ev::Arrive(r) => self.arrive(r),
-            Ev::Refused(r, busy) => {
+            Ev::Refused(r, why) => {
                 if self.reqs.remove(&r).is_some() {
                     let now = self.instant();
                     if let Some(t) = self.transfer(r.dst, r.blob) {
-                        if busy {
-                            t.on_busy(r.src, r.chunk, now);
-                            let until = self.now
-                                + u64::try_from(self.cfg.transfer.busy_backoff.as_nanos())
-                                    .unwrap_or(u64::MAX);
-                            self.nodes[r.dst as usize].dl[usize::from(r.blob)]
-                                .busy_until
-                                .insert(r.src, until);
-                        } else {
-                            t.on_failure(r.src, r.chunk, now);
+                        match why {
+                            Refusal::Busy => {
+                                t.on_busy(r.src, r.chunk, now);
+                                let until = self.now
+                                    + u64::try_from(self.cfg.transfer.busy_backoff.as_nanos())
+                                        .unwrap_or(u64::MAX);
+                                self.nodes[r.dst as usize].dl[usize::from(r.blob)]
+                                    .busy_until
+                                    .insert(r.src, until);
+                            }
+                            Refusal::Declined => t.on_declined(r.src, r.chunk, now),
+                            Refusal::Gone => t.on_failure(r.src, r.chunk, now),
                         }
                     }
                     self.drive(r.dst, r.blob);

@@ -2,17 +2,18 @@
 //!
 //! The accept loop only spawns one task per inbound stream (libp2p-stream's channel has no slack,
 //! so a slow accept loop would stall every connection). Each serving task holds at most one chunk;
-//! uploads beyond `max_uploads` are answered `Busy` at once so the downloader goes elsewhere.
+//! uploads beyond `max_uploads` are answered `Busy` at once so the downloader goes elsewhere, and a
+//! chunk just sent to another peer is answered `Declined` (core's `UploadGate`, super-seeding).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
 use libp2p_stream::{Control, IncomingStreams};
+use preheat_core::upload::{UploadDecision, UploadGate};
 use preheat_core::Digest;
 use preheat_store::Store;
-use tokio::sync::Semaphore;
 
 use crate::limits::{ByteLimiter, PIECE};
 use crate::metrics::Metrics;
@@ -24,7 +25,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Everything the serving side needs.
 pub(crate) struct Uploads {
     pub store: Store,
-    pub slots: Arc<Semaphore>,
+    pub gate: Arc<Mutex<UploadGate<Digest>>>,
     pub limiter: ByteLimiter,
     pub metrics: Metrics,
     pub timeout: Duration,
@@ -50,10 +51,26 @@ async fn serve(mut s: Stream, up: &Uploads) -> std::io::Result<()> {
     let (blob, chunk) = tokio::time::timeout(REQUEST_TIMEOUT, protocol::read_chunk_request(&mut s))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    let Ok(_permit) = up.slots.clone().try_acquire_owned() else {
-        up.metrics.busy_answers.inc();
-        protocol::write_status(&mut s, ChunkStatus::Busy).await?;
+    let decision = lock(&up.gate).decide(blob, chunk, Instant::now());
+    let refusal = match decision {
+        UploadDecision::Serve => None,
+        UploadDecision::Busy => {
+            up.metrics.busy_answers.inc();
+            Some(ChunkStatus::Busy)
+        }
+        UploadDecision::Declined => {
+            up.metrics.declined_answers.inc();
+            Some(ChunkStatus::Declined)
+        }
+    };
+    if let Some(st) = refusal {
+        protocol::write_status(&mut s, st).await?;
         return s.close().await;
+    }
+    let _slot = Slot {
+        gate: &up.gate,
+        blob,
+        chunk,
     };
     let data = match up.store.read_chunk(&blob, chunk).await {
         Ok(d) => d,
@@ -83,11 +100,32 @@ async fn serve(mut s: Stream, up: &Uploads) -> std::io::Result<()> {
     s.close().await
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The gate's state stays consistent when a holder panics (each call is one small update).
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// An upload slot the gate granted, returned when the upload ends however it ends.
+struct Slot<'a> {
+    gate: &'a Mutex<UploadGate<Digest>>,
+    blob: Digest,
+    chunk: u32,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        lock(self.gate).finished(self.blob, self.chunk);
+    }
+}
+
 /// What a peer answered to a chunk request.
 #[derive(Debug)]
 pub(crate) enum Reply {
     Data(Vec<u8>),
     Busy,
+    Declined,
+    /// The stream was reset unanswered (the server could not accept it in time).
+    Dropped,
     NotFound,
 }
 
@@ -106,8 +144,16 @@ pub(crate) async fn request(
         .await
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e))?;
     protocol::write_chunk_request(&mut s, &blob, chunk).await?;
-    match protocol::read_chunk_header(&mut s, len).await? {
+    let status = match protocol::read_chunk_header(&mut s, len).await {
+        Ok(st) => st,
+        // Reset before the status byte: libp2p-stream drops an inbound stream when the server's
+        // accept queue (one slot) is full, which happens under load; retry soon, like busy.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Reply::Dropped),
+        Err(e) => return Err(e),
+    };
+    match status {
         ChunkStatus::Busy => return Ok(Reply::Busy),
+        ChunkStatus::Declined => return Ok(Reply::Declined),
         ChunkStatus::NotFound => return Ok(Reply::NotFound),
         ChunkStatus::Ok => {}
     }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use libp2p::Multiaddr;
+use preheat_core::upload::UploadConfig;
 
 /// Everything a swarm node needs besides its store and metrics registry.
 #[derive(Debug, Clone)]
@@ -22,6 +23,9 @@ pub struct SwarmConfig {
     pub download_rate: Option<u64>,
     /// Chunk uploads served at once; more are answered `Busy`.
     pub max_uploads: usize,
+    /// A chunk this node is sending, or started sending this recently, is declined to other
+    /// askers, who then take it from its new holder (super-seeding); zero turns it off.
+    pub resend_after: Duration,
     /// Chunk requests one download keeps in flight in total and per peer.
     pub max_requests: usize,
     pub max_requests_per_peer: usize,
@@ -75,6 +79,9 @@ impl Default for SwarmConfig {
             upload_rate: Some(500 * 1024 * 1024),
             download_rate: Some(500 * 1024 * 1024),
             max_uploads: 8,
+            resend_after: UploadConfig::default().resend_after,
+            // 1 MiB chunks: at most 16 MiB held per download. More per peer was slower on
+            // loopback: libp2p-stream drops inbound streams its one-slot accept queue cannot take.
             max_requests: 16,
             max_requests_per_peer: 3,
             max_connections: 512,

@@ -8,10 +8,11 @@ use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId};
 use libp2p_stream::Control;
+use preheat_core::upload::{UploadConfig, UploadGate};
 use preheat_core::Digest;
 use preheat_store::Store;
 use prometheus_client::registry::Registry;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use crate::chunks::{self, Uploads};
@@ -130,7 +131,10 @@ impl Swarm {
             .max(preheat_core::chunk::MAX_CHUNK_SIZE.min(16 << 20));
         let uploads = Arc::new(Uploads {
             store: store.clone(),
-            slots: Arc::new(Semaphore::new(cfg.max_uploads.max(1))),
+            gate: Arc::new(Mutex::new(UploadGate::new(UploadConfig {
+                max_uploads: cfg.max_uploads.max(1),
+                resend_after: cfg.resend_after,
+            }))),
             limiter: ByteLimiter::new(cfg.upload_rate, burst),
             metrics: metrics.clone(),
             timeout: cfg.chunk_timeout,

@@ -158,6 +158,7 @@ pub struct Metrics {
     pub provider_lookup_duration: Histogram,
     pub bad_chunks: Counter,
     pub busy_answers: Counter,
+    pub declined_answers: Counter,
     names: Arc<Mutex<HashMap<PeerId, Arc<str>>>>,
     peer_label: bool,
 }
@@ -177,6 +178,7 @@ impl Metrics {
             provider_lookup_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             bad_chunks: Counter::default(),
             busy_answers: Counter::default(),
+            declined_answers: Counter::default(),
             names: Arc::default(),
             peer_label,
         };
@@ -234,6 +236,11 @@ impl Metrics {
             "swarm_busy_answers",
             "Chunk requests answered busy by this node",
             m.busy_answers.clone(),
+        );
+        reg.register(
+            "swarm_declined_answers",
+            "Chunk requests declined by this node because it had just sent that chunk",
+            m.declined_answers.clone(),
         );
         m
     }

@@ -10,7 +10,11 @@
 //! Chunk stream (one request per libp2p stream):
 //! ```text
 //! downloader → server:  [version u8 = 1][blob sha256: 32 bytes][chunk: u32 BE]
-//! server → downloader:  [status u8: 0 ok | 1 busy | 2 not found] then, if ok, [len: u32 BE][len bytes]
+//! server → downloader:  [status u8: 0 ok | 1 busy | 2 not found | 3 declined] then, if ok, [len: u32 BE][len bytes]
+//! ```
+//! `declined`: the server just sent that chunk to another peer (super-seeding, see
+//! `preheat_core::upload`); ask its new holder, or this server for another chunk.
+//! ```text
 //! ```
 //! The reader refuses a length other than the one the chunk index says, so it never allocates or
 //! reads more than one chunk.
@@ -265,6 +269,7 @@ pub enum ChunkStatus {
     Ok,
     Busy,
     NotFound,
+    Declined,
 }
 
 pub async fn write_chunk_request<S: AsyncWrite + Unpin>(
@@ -302,6 +307,7 @@ pub async fn write_status<S: AsyncWrite + Unpin>(
         ChunkStatus::Ok => 0u8,
         ChunkStatus::Busy => 1,
         ChunkStatus::NotFound => 2,
+        ChunkStatus::Declined => 3,
     };
     s.write_all(&[b]).await?;
     if st != ChunkStatus::Ok {
@@ -332,6 +338,7 @@ pub async fn read_chunk_header<S: AsyncRead + Unpin>(
         }
         1 => Ok(ChunkStatus::Busy),
         2 => Ok(ChunkStatus::NotFound),
+        3 => Ok(ChunkStatus::Declined),
         _ => Err(invalid("unknown chunk status")),
     }
 }

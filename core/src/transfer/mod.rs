@@ -40,6 +40,8 @@ struct PeerState {
     /// No new request before this instant (busy answer or failure backoff).
     not_before: Option<Instant>,
     failures: u32,
+    /// Chunks this peer declined, and until when they are not asked of it (few: one per request).
+    declined: Vec<(u32, Instant)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -141,6 +143,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             score: None,
             not_before: None,
             failures: 0,
+            declined: Vec::new(),
         });
         st.has = has;
         Ok(())
@@ -261,6 +264,19 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
         }
     }
 
+    /// The peer declined `chunk` (it just sent it to someone else): requeue, and do not ask it for
+    /// that chunk for `decline_backoff`; the peer is asked for other chunks at once.
+    pub fn on_declined(&mut self, peer: P, chunk: u32, now: Instant) {
+        if self.take_request(peer, chunk).is_some() {
+            self.stats.declined += 1;
+            if let Some(st) = self.peers.get_mut(&peer) {
+                let until = now + self.cfg.decline_backoff;
+                st.declined.retain(|(c, _)| *c != chunk);
+                st.declined.push((chunk, until));
+            }
+        }
+    }
+
     /// Expires bans and backoffs, fails timed-out requests, hands out new requests, and returns
     /// every action due. Call after each event and at [`Transfer::next_deadline`].
     pub fn poll<R: Rng>(&mut self, now: Instant, rng: &mut R) -> Vec<Action<P>> {
@@ -269,6 +285,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             if st.not_before.is_some_and(|t| t <= now) {
                 st.not_before = None;
             }
+            st.declined.retain(|(_, t)| *t > now);
         }
         let timeout = self.cfg.chunk_timeout;
         let expired: Vec<(P, u32)> = self
@@ -307,12 +324,16 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             .flatten()
             .map(|r| r.sent + self.cfg.chunk_timeout);
         let backoffs = self.peers.values().filter_map(|s| s.not_before);
+        let declines = self
+            .peers
+            .values()
+            .flat_map(|s| s.declined.iter().map(|(_, t)| *t));
         let bans = self
             .bans
             .iter()
             .filter(|(p, _)| self.peers.contains_key(p))
             .map(|(_, &t)| t);
-        timeouts.chain(backoffs).chain(bans).min()
+        timeouts.chain(backoffs).chain(declines).chain(bans).min()
     }
 
     pub fn is_complete(&self) -> bool {
@@ -408,13 +429,24 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
                 if st.in_flight >= per_peer {
                     break;
                 }
+                let declined;
+                let has = if st.declined.is_empty() {
+                    &st.has
+                } else {
+                    let mut h = st.has.clone();
+                    for &(c, _) in &st.declined {
+                        h.clear(c);
+                    }
+                    declined = h;
+                    &declined
+                };
                 let chunk = if want.is_clear() {
-                    self.endgame_pick(peer, &st.has)
+                    self.endgame_pick(peer, has)
                 } else {
                     self.policy
-                        .pick(&want, &st.has, &self.availability, rng)
+                        .pick(&want, has, &self.availability, rng)
                         // A custom policy could misbehave; the invariants do not depend on it.
-                        .filter(|&c| want.get(c) && st.has.get(c))
+                        .filter(|&c| want.get(c) && has.get(c))
                 };
                 let Some(chunk) = chunk else { break };
                 want.clear(chunk);

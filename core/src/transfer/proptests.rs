@@ -20,6 +20,7 @@ enum Op {
     Bad(usize),
     Fail(usize),
     Busy(usize),
+    Declined(usize),
     Unrequested(u8, u32),
 }
 
@@ -33,6 +34,7 @@ fn op(chunks: u32) -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Bad),
         2 => any::<usize>().prop_map(Op::Fail),
         2 => any::<usize>().prop_map(Op::Busy),
+        2 => any::<usize>().prop_map(Op::Declined),
         1 => (0u8..6, 0..chunks).prop_map(|(p, c)| Op::Unrequested(p, c)),
     ]
 }
@@ -87,6 +89,7 @@ proptest! {
                 Op::Bad(i) => if let Some((p, c)) = pick(&chk, i) { t.on_chunk_bad(p, c, now); chk.answered(p, c); },
                 Op::Fail(i) => if let Some((p, c)) = pick(&chk, i) { t.on_failure(p, c, now); chk.answered(p, c); },
                 Op::Busy(i) => if let Some((p, c)) = pick(&chk, i) { t.on_busy(p, c, now); chk.answered(p, c); },
+                Op::Declined(i) => if let Some((p, c)) = pick(&chk, i) { t.on_declined(p, c, now); chk.answered(p, c); },
                 Op::Unrequested(p, c) => { t.on_chunk_ok(p, c, 100, now); chk.answered(p, c); }
             }
             let acts = t.poll(now, &mut rng);
@@ -108,6 +111,7 @@ enum Kind {
     Liar,
     Silent,
     Busy,
+    Decliner,
     Leaves,
 }
 
@@ -118,6 +122,7 @@ fn kind() -> impl Strategy<Value = Kind> {
         Just(Kind::Liar),
         Just(Kind::Silent),
         Just(Kind::Busy),
+        Just(Kind::Decliner),
         Just(Kind::Leaves)
     ]
 }
@@ -128,6 +133,7 @@ enum Answer {
     Bad,
     Fail,
     Busy,
+    Declined,
     Leave,
 }
 
@@ -166,6 +172,8 @@ fn simulate(n: u32, cfg: TransferConfig, others: &[(Kind, Vec<bool>)], seed: u64
                 Kind::Silent => continue,
                 Kind::Busy if rng.gen_bool(0.7) => Answer::Busy,
                 Kind::Busy => Answer::Ok,
+                Kind::Decliner if rng.gen_bool(0.7) => Answer::Declined,
+                Kind::Decliner => Answer::Ok,
                 Kind::Leaves if rng.gen_bool(0.2) => Answer::Leave,
                 Kind::Leaves => Answer::Ok,
             };
@@ -192,6 +200,7 @@ fn simulate(n: u32, cfg: TransferConfig, others: &[(Kind, Vec<bool>)], seed: u64
                 Answer::Bad => t.on_chunk_bad(p, c, now),
                 Answer::Fail => t.on_failure(p, c, now),
                 Answer::Busy => t.on_busy(p, c, now),
+                Answer::Declined => t.on_declined(p, c, now),
                 Answer::Leave => {
                     gone.insert(p);
                     t.remove_peer(p);

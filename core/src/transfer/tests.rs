@@ -277,6 +277,36 @@ fn busy_peer_is_left_alone_for_the_backoff() {
 }
 
 #[test]
+fn declined_chunk_is_asked_elsewhere_and_the_peer_for_others() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let now = Instant::now();
+    let cfg = TransferConfig {
+        max_in_flight_per_peer: 1,
+        ..TransferConfig::default()
+    };
+    let backoff = cfg.decline_backoff;
+    let mut t = fresh(4, cfg);
+    t.add_peer(1, bits(4, [0, 1])).unwrap();
+    let r = requests(&t.poll(now, &mut rng));
+    assert_eq!(r.len(), 1);
+    let (p, c) = r[0];
+    t.on_declined(p, c, now);
+    assert_eq!(t.stats().declined, 1);
+    // At once the other chunk of peer 1, never the declined one.
+    let r = requests(&t.poll(now, &mut rng));
+    assert_eq!(r, vec![(1, 1 - c)]);
+    t.on_chunk_ok(1, 1 - c, 100, now);
+    assert!(requests(&t.poll(now, &mut rng)).is_empty());
+    // A new holder of the declined chunk is asked for it.
+    t.add_peer(2, bits(4, [c])).unwrap();
+    assert_eq!(requests(&t.poll(now, &mut rng)), vec![(2, c)]);
+    t.remove_peer(2);
+    // After the backoff, peer 1 is asked again.
+    assert_eq!(t.next_deadline(), Some(now + backoff));
+    assert_eq!(requests(&t.poll(now + backoff, &mut rng)), vec![(1, c)]);
+}
+
+#[test]
 fn removed_peer_chunks_go_back_to_the_pool() {
     let mut rng = StdRng::seed_from_u64(7);
     let now = Instant::now();

@@ -4,6 +4,10 @@ use std::time::{Duration, Instant};
 
 use crate::picker::Policy;
 
+/// Default busy backoff: short, since a busy answer costs one round trip and the busy peer is
+/// often the only one holding the newest chunks.
+pub const BUSY_BACKOFF_MS: u64 = 250;
+
 /// Limits and timings of one transfer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransferConfig {
@@ -18,6 +22,9 @@ pub struct TransferConfig {
     /// How long a peer that answered "busy" is left alone; also the base of the failure backoff
     /// (`busy_backoff * 2^(consecutive failures - 1)`, at most `chunk_timeout`).
     pub busy_backoff: Duration,
+    /// How long a chunk a peer declined (it just sent that chunk to someone else) is not asked of
+    /// that peer again; the peer stays eligible for other chunks.
+    pub decline_backoff: Duration,
     pub policy: Policy,
 }
 
@@ -29,7 +36,8 @@ impl Default for TransferConfig {
             chunk_timeout: Duration::from_secs(30),
             endgame_duplicates: 2,
             ban_duration: Duration::from_secs(300),
-            busy_backoff: Duration::from_secs(1),
+            busy_backoff: Duration::from_millis(BUSY_BACKOFF_MS),
+            decline_backoff: Duration::from_secs(1),
             policy: Policy::RarestFirst,
         }
     }
@@ -38,7 +46,8 @@ impl Default for TransferConfig {
 /// What the driver must do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action<P> {
-    /// Ask `peer` for `chunk`; answer with `on_chunk_ok`/`_bad`, `on_failure` or `on_busy`.
+    /// Ask `peer` for `chunk`; answer with `on_chunk_ok`/`_bad`, `on_failure`, `on_busy` or
+    /// `on_declined`.
     Request { peer: P, chunk: u32 },
     /// Abandon this request (another peer delivered the chunk, it timed out, or the peer was banned).
     Cancel { peer: P, chunk: u32 },
@@ -83,5 +92,7 @@ pub struct TransferStats {
     pub failures: u64,
     pub timeouts: u64,
     pub busy: u64,
+    /// Requests declined because the peer had just sent that chunk to someone else.
+    pub declined: u64,
     pub bans: u64,
 }

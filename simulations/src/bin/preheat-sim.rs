@@ -36,7 +36,7 @@ struct Args {
     #[arg(long, env = "SIM_ORIGIN_UP", default_value = "50Mbit", value_parser = parse_link)]
     origin_up: f64,
     /// Chunk size.
-    #[arg(long, env = "SIM_CHUNK_SIZE", default_value = "4MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "SIM_CHUNK_SIZE", default_value = "1MiB", value_parser = parse_bytes)]
     chunk_size: u64,
     /// Round-trip time between hosts (e.g. 1ms).
     #[arg(long, env = "SIM_RTT", default_value = "1ms", value_parser = parse_duration)]
@@ -51,8 +51,14 @@ struct Args {
     #[arg(long, env = "SIM_MAX_UPLOADS", default_value_t = 8)]
     max_uploads: usize,
     /// How long a downloader leaves a peer alone after a busy answer.
-    #[arg(long, env = "SIM_BUSY_BACKOFF", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "SIM_BUSY_BACKOFF", default_value = "250ms", value_parser = parse_duration)]
     busy_backoff: Duration,
+    /// A node declines a chunk it sent this recently (super-seeding; 0s turns it off).
+    #[arg(long, env = "SIM_RESEND_AFTER", default_value = "1s", value_parser = parse_duration)]
+    resend_after: Duration,
+    /// How long a downloader does not ask a peer again for a chunk it declined.
+    #[arg(long, env = "SIM_DECLINE_BACKOFF", default_value = "1s", value_parser = parse_duration)]
+    decline_backoff: Duration,
     /// Rolling update: this fraction of the nodes at a time (e.g. 0.2); default all at once.
     #[arg(long, env = "SIM_ROLLING")]
     rolling: Option<f64>,
@@ -129,6 +135,8 @@ fn main() -> ExitCode {
     cfg.max_peers = args.max_peers;
     cfg.max_uploads = args.max_uploads;
     cfg.transfer.busy_backoff = args.busy_backoff;
+    cfg.resend_after = args.resend_after;
+    cfg.transfer.decline_backoff = args.decline_backoff;
     cfg.seed = args.seed;
     if let Some(fraction) = args.rolling {
         cfg.start = StartPattern::Rolling { fraction };

@@ -2,7 +2,9 @@
 //! refused (busy, gone) or becomes a flow; a finished flow delivers the chunk, and the new owner
 //! announces it to the downloads that track it as a peer.
 
-use super::{Ev, Req, ReqState, Sim};
+use preheat_core::upload::UploadDecision;
+
+use super::{Ev, Refusal, Req, ReqState, Sim};
 use crate::net::{Due, Flow, FlowId};
 
 impl Sim {
@@ -14,12 +16,20 @@ impl Sim {
         let back = self.now + self.half_rtt();
         let is_origin = r.src == self.origin;
         if !is_origin && !self.nodes[r.src as usize].alive {
-            self.push(back, Ev::Refused(r, false));
+            self.push(back, Ev::Refused(r, Refusal::Gone));
             return;
         }
-        if !is_origin && self.net.uploads(r.src) >= self.cfg.max_uploads {
-            self.push(back, Ev::Refused(r, true));
-            return;
+        if !is_origin {
+            let now = self.instant();
+            let refusal = match self.gates[r.src as usize].decide(r.blob, r.chunk, now) {
+                UploadDecision::Serve => None,
+                UploadDecision::Busy => Some(Refusal::Busy),
+                UploadDecision::Declined => Some(Refusal::Declined),
+            };
+            if let Some(why) = refusal {
+                self.push(back, Ev::Refused(r, why));
+                return;
+            }
         }
         let bytes = u64::from(self.layouts[usize::from(r.blob)].len(r.chunk));
         let (f, due) = self
@@ -37,6 +47,9 @@ impl Sim {
 
     pub(super) fn end_flow(&mut self, f: FlowId, completed: bool) -> Option<Flow> {
         let (flow, due) = self.net.finish(self.now, f, completed)?;
+        if let Some(g) = self.gates.get_mut(flow.src as usize) {
+            g.finished(flow.blob, flow.chunk);
+        }
         self.schedule(due);
         Some(flow)
     }

@@ -230,7 +230,8 @@ impl Driver<'_> {
                                 Err(e) => return Err(e.into()),
                             }
                         }
-                        Ok(Reply::Busy) => t.on_busy(r.peer, r.chunk, now),
+                        Ok(Reply::Busy | Reply::Dropped) => t.on_busy(r.peer, r.chunk, now),
+                        Ok(Reply::Declined) => t.on_declined(r.peer, r.chunk, now),
                         Ok(Reply::NotFound) | Err(_) => t.on_failure(r.peer, r.chunk, now),
                     }
                 }

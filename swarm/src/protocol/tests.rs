@@ -22,6 +22,19 @@ async fn chunk_framing_roundtrips_and_rejects_wrong_length() {
         ChunkStatus::Ok
     );
     assert!(read_chunk_header(&mut Cursor::new(bytes), 6).await.is_err());
+    for st in [
+        ChunkStatus::Busy,
+        ChunkStatus::NotFound,
+        ChunkStatus::Declined,
+    ] {
+        let mut w = Cursor::new(Vec::new());
+        write_status(&mut w, st).await.unwrap();
+        let mut r = Cursor::new(w.into_inner());
+        assert_eq!(read_chunk_header(&mut r, 5).await.unwrap(), st);
+    }
+    assert!(read_chunk_header(&mut Cursor::new(vec![4u8]), 5)
+        .await
+        .is_err());
     assert!(read_chunk_request(&mut Cursor::new(vec![9u8; 37]))
         .await
         .is_err());

@@ -61,7 +61,10 @@ fn start_agents(env: &Env, bin: &Path, dir: &Path) -> Result<Vec<(LabProcess, Pa
             .args(["--external-addr", &h.ip().to_string()])
             .args(["--insecure-registry", &origin])
             .env("LOG_FORMAT", "json")
-            .env("LOG_LEVEL", "info")
+            .env(
+                "LOG_LEVEL",
+                std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(File::create(hd.join("agent.out"))?)
             .stderr(File::create(&log)?);
