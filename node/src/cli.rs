@@ -65,8 +65,8 @@ pub struct StoreArgs {
     /// Size cap of the store (e.g. 50GiB); least recently used blobs of unwanted images are evicted.
     #[arg(long, env = "STORE_MAX_BYTES", value_parser = parse_bytes)]
     pub store_max_bytes: Option<u64>,
-    /// Chunk size of the per-blob chunk index (e.g. 1MiB).
-    #[arg(long, env = "CHUNK_SIZE", default_value = "1MiB", value_parser = parse_chunk_size)]
+    /// Chunk size of the per-blob chunk index (e.g. 4MiB).
+    #[arg(long, env = "CHUNK_SIZE", default_value = "4MiB", value_parser = parse_chunk_size)]
     pub chunk_size: u32,
 }
 

@@ -36,7 +36,7 @@ struct Args {
     #[arg(long, env = "SIM_ORIGIN_UP", default_value = "50Mbit", value_parser = parse_link)]
     origin_up: f64,
     /// Chunk size.
-    #[arg(long, env = "SIM_CHUNK_SIZE", default_value = "1MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "SIM_CHUNK_SIZE", default_value = "4MiB", value_parser = parse_bytes)]
     chunk_size: u64,
     /// Round-trip time between hosts (e.g. 1ms).
     #[arg(long, env = "SIM_RTT", default_value = "1ms", value_parser = parse_duration)]

@@ -51,6 +51,8 @@ fn start_agents(env: &Env, bin: &Path, dir: &Path) -> Result<Vec<(LabProcess, Pa
             .arg("--mount-dir")
             .arg(&mount)
             .args(["--lease", "none", "--runtime", "none"])
+            .arg("--chunk-size")
+            .arg(crate::LAB_CHUNK_SIZE.to_string())
             .args([
                 "--swarm-addr",
                 "0.0.0.0:4001",
