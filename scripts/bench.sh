@@ -3,7 +3,8 @@
 # simulator with the same parameters) and the single-host loopback figures. Writes bench/results/.
 # Needs root (network namespaces, tc). Namespaces and processes are removed on exit, also when a
 # run fails or is interrupted.
-# Env: BENCH_PROFILES (slow,fast), BENCH_SCENARIOS (preheat,direct,bittorrent), BENCH_HOSTS (16),
+# Env: BENCH_PROFILES (slow,fast), BENCH_SCENARIOS (preheat,direct,bittorrent,churn-host,
+#      churn-puller,rolling), BENCH_HOSTS (16),
 #      BENCH_IMAGE_SIZE (128MiB), BENCH_LAYERS (4), BENCH_OUT (bench/results), BENCH_LOOPBACK=0 skips
 #      the loopback figures, BENCH_LOOPBACK_SIZE (1GiB).
 set -euo pipefail

@@ -56,14 +56,13 @@ struct LabArgs {
         default_value = "slow,fast"
     )]
     profiles: Vec<String>,
-    /// Scenarios: preheat, direct, bittorrent, churn-host, churn-puller, rolling; comma-separated
-    /// (the bound and the simulator always run). `rolling` is not in the default: with
-    /// LEASE=none a lone wave waits for a puller that does not want the image (see README).
+    /// Scenarios: preheat, direct, bittorrent, churn-host, churn-puller, rolling (20% of the hosts
+    /// at a time); comma-separated (the bound and the simulator always run).
     #[arg(
         long,
         env = "BENCH_SCENARIOS",
         value_delimiter = ',',
-        default_value = "preheat,direct,bittorrent,churn-host,churn-puller"
+        default_value = "preheat,direct,bittorrent,churn-host,churn-puller,rolling"
     )]
     scenarios: Vec<String>,
     /// Hosts per lab.
