@@ -10,7 +10,9 @@ mod election_support;
 
 use std::time::Duration;
 
-use election_support::{assert_complete, cluster, origin, spawn_fetch, Election, MIB, NS};
+use election_support::{
+    assert_complete, cluster, fetch_all, origin, spawn_fetch, Election, MIB, NS,
+};
 use image_preheat::fetch::{PullResult, ResolvedVia};
 use preheat_core::election::contenders;
 use preheat_testkit::kube_api::KubeApi;
@@ -22,17 +24,7 @@ async fn ten_nodes_race_and_each_blob_leaves_the_registry_once() -> anyhow::Resu
     let api = KubeApi::start().await?;
     let nodes = cluster(10, &origin, Election::Kube(&api, Duration::from_secs(30))).await?;
 
-    let tasks: Vec<_> = nodes
-        .iter()
-        .map(|n| spawn_fetch(n, &origin.reference))
-        .collect();
-    let mut reports = Vec::new();
-    for t in tasks {
-        reports.push(t.await??);
-    }
-    for n in &nodes {
-        assert_complete(n, &origin).await?;
-    }
+    let reports = fetch_all(&nodes, &origin).await?;
     origin.settle_log().await?;
     assert_eq!(
         origin.blob_gets()?,
@@ -68,17 +60,7 @@ async fn ten_nodes_race_and_each_blob_leaves_the_registry_once() -> anyhow::Resu
 async fn coordination_free_five_nodes_pull_each_blob_once() -> anyhow::Result<()> {
     let origin = origin(&[2 * MIB, 2 * MIB, MIB]).await?;
     let nodes = cluster(5, &origin, Election::None).await?;
-    let tasks: Vec<_> = nodes
-        .iter()
-        .map(|n| spawn_fetch(n, &origin.reference))
-        .collect();
-    let mut reports = Vec::new();
-    for t in tasks {
-        reports.push(t.await??);
-    }
-    for n in &nodes {
-        assert_complete(n, &origin).await?;
-    }
+    let reports = fetch_all(&nodes, &origin).await?;
     origin.settle_log().await?;
     assert_eq!(origin.blob_gets()?, vec![1; origin.image.blobs().len()]);
     assert_eq!(
@@ -139,17 +121,7 @@ async fn coordination_free_top_ranked_member_not_wanting_the_image_is_not_waited
         .filter(|n| n.swarm.local_peer_id().to_string() != top)
         .collect();
     assert_eq!(wanting.len(), 5);
-    let tasks: Vec<_> = wanting
-        .iter()
-        .map(|n| spawn_fetch(n, &origin.reference))
-        .collect();
-    let mut reports = Vec::new();
-    for t in tasks {
-        reports.push(t.await??);
-    }
-    for n in &wanting {
-        assert_complete(n, &origin).await?;
-    }
+    let reports = fetch_all(wanting.iter().copied(), &origin).await?;
     origin.settle_log().await?;
     assert_eq!(origin.blob_gets()?, vec![1; origin.image.blobs().len()]);
     assert_eq!(

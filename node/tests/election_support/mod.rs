@@ -259,6 +259,27 @@ pub fn spawn_fetch(
     })
 }
 
+/// Fetches `origin`'s image on every node at once, then checks each stores all of it; returns
+/// the reports in node order.
+pub async fn fetch_all<'a>(
+    nodes: impl IntoIterator<Item = &'a Node>,
+    origin: &Origin,
+) -> anyhow::Result<Vec<FetchReport>> {
+    let nodes: Vec<&Node> = nodes.into_iter().collect();
+    let tasks: Vec<_> = nodes
+        .iter()
+        .map(|n| spawn_fetch(n, &origin.reference))
+        .collect();
+    let mut reports = Vec::new();
+    for t in tasks {
+        reports.push(t.await??);
+    }
+    for n in nodes {
+        assert_complete(n, origin).await?;
+    }
+    Ok(reports)
+}
+
 /// Asserts that `node` stores the whole image with the right digests (the store verified each
 /// blob's sha256 on completion; the image status says all are complete).
 pub async fn assert_complete(node: &Node, origin: &Origin) -> anyhow::Result<()> {
