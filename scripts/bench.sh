@@ -6,7 +6,8 @@
 # Env: BENCH_PROFILES (slow,fast), BENCH_SCENARIOS (preheat,direct,bittorrent,churn-host,
 #      churn-puller,rolling), BENCH_HOSTS (16),
 #      BENCH_IMAGE_SIZE (128MiB), BENCH_LAYERS (4), BENCH_OUT (bench/results), BENCH_LOOPBACK=0 skips
-#      the loopback figures, BENCH_LOOPBACK_SIZE (1GiB).
+#      the loopback figures, BENCH_LOOPBACK_SIZE (1GiB), BENCH_KEEP=DIR keeps agent logs,
+#      BENCH_AGENT_LOG (info) sets their level.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=${CARGO_TARGET_DIR:-target}

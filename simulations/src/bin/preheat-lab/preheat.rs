@@ -220,6 +220,7 @@ pub fn run(env: &Env, bin: &Path, bound: Duration, plan: Plan) -> Result<Preheat
         }
     }
     drop(agents);
+    keep_logs(&dir, &plan.label(), env.hosts().len());
     let _ = std::fs::remove_dir_all(&dir);
     if let Some(k) = killed {
         completions.remove(k);
@@ -257,4 +258,21 @@ fn puller_ip_since(env: &Env, skip: usize) -> Option<String> {
         .skip(skip)
         .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:"))
         .find_map(|l| l.split_whitespace().next().map(str::to_owned))
+}
+
+/// With `BENCH_KEEP=DIR`, copies each host's agent log to `DIR/<scenario>/h<i>.log`.
+fn keep_logs(dir: &Path, label: &str, hosts: usize) {
+    let Some(keep) = std::env::var_os("BENCH_KEEP") else {
+        return;
+    };
+    let name: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let to = Path::new(&keep).join(name);
+    let _ = std::fs::create_dir_all(&to);
+    for i in 0..hosts {
+        let from = dir.join(format!("h{i}")).join("agent.log");
+        let _ = std::fs::copy(from, to.join(format!("h{i}.log")));
+    }
 }
