@@ -14,7 +14,7 @@ use preheat_core::digest::Hasher;
 use preheat_core::{ChunkIndex, ChunkLayout, Digest};
 
 use crate::error::{blocking, IoContext};
-use crate::evict::{BlobEntry, PartialEntry, State};
+use crate::evict::{BlobEntry, PartialEntry, State, Verified};
 use crate::images::load_images;
 use crate::partial::Partial;
 use crate::paths::{fsync_dir, remove_dir_if_exists, remove_if_exists, write_atomic, Paths};
@@ -84,6 +84,7 @@ pub(crate) fn load_state(paths: &Paths, chunk_size: u32) -> Result<State, StoreE
                 size,
                 last_access: mtime,
                 persisted: mtime,
+                verified: Arc::new(Verified::new(index.layout.count(), false)),
                 index: Arc::new(index),
             },
         );
@@ -337,6 +338,7 @@ impl Store {
                         size,
                         last_access: now,
                         persisted: now,
+                        verified: Arc::new(Verified::new(ix.layout.count(), true)),
                         index: Arc::new(ix),
                     },
                 );
@@ -362,13 +364,15 @@ impl Store {
             .and_then(|p| p.partial.lock().index.clone()))
     }
 
-    /// Reads chunk `i` of a complete blob or a verified chunk of a partial one, checked against its
-    /// blake3 hash.
+    /// Reads chunk `i` of a complete blob or a verified chunk of a partial one. A complete blob's
+    /// chunk is checked against its blake3 hash on its first read since the blob was loaded (or
+    /// after this process stored it, when it was just checked); a partial's chunks were checked
+    /// when written or when the partial was reopened.
     pub async fn read_chunk(&self, d: &Digest, i: u32) -> Result<Bytes, StoreError> {
         let (index, partial) = {
             let st = self.inner.lock();
             match (st.blobs.get(d), st.partials.get(d)) {
-                (Some(e), _) => (Some(e.index.clone()), None),
+                (Some(e), _) => (Some((e.index.clone(), e.verified.clone())), None),
                 (None, Some(p)) => (None, Some(p.partial.clone())),
                 (None, None) => return Err(StoreError::NotFound(*d)),
             }
@@ -376,7 +380,7 @@ impl Store {
         if let Some(p) = partial {
             return blocking(move || p.read_chunk(i)).await.map(Bytes::from);
         }
-        let Some(ix) = index else {
+        let Some((ix, verified)) = index else {
             return Err(StoreError::NotFound(*d));
         };
         if i >= ix.layout.count() {
@@ -392,11 +396,14 @@ impl Store {
             let f = File::open(&path).at(&path)?;
             let mut buf = vec![0u8; ix.layout.len(i) as usize];
             f.read_exact_at(&mut buf, ix.layout.offset(i)).at(&path)?;
-            if !ix.verify(i, &buf) {
-                return Err(StoreError::corrupt(
-                    &path,
-                    format!("chunk {i} fails its hash"),
-                ));
+            if !verified.get(i) {
+                if !ix.verify(i, &buf) {
+                    return Err(StoreError::corrupt(
+                        &path,
+                        format!("chunk {i} fails its hash"),
+                    ));
+                }
+                verified.set(i);
             }
             Ok(Bytes::from(buf))
         })

@@ -24,6 +24,36 @@ pub(crate) struct BlobEntry {
     pub last_access: SystemTime,
     pub persisted: SystemTime,
     pub index: Arc<ChunkIndex>,
+    /// Chunks whose bytes on disk were checked against `index` since the blob was loaded.
+    pub verified: Arc<Verified>,
+}
+
+/// One flag per chunk of a complete blob: its bytes on disk matched the index once, so serving it
+/// again need not re-hash it (blobs this process stored start all set; blobs found on disk at
+/// startup start clear and are checked on first read).
+#[derive(Debug)]
+pub(crate) struct Verified(Vec<std::sync::atomic::AtomicBool>);
+
+impl Verified {
+    pub fn new(chunks: u32, all: bool) -> Self {
+        Self(
+            (0..chunks)
+                .map(|_| std::sync::atomic::AtomicBool::new(all))
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, i: u32) -> bool {
+        self.0
+            .get(i as usize)
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    pub fn set(&self, i: u32) {
+        if let Some(f) = self.0.get(i as usize) {
+            f.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -207,6 +237,7 @@ mod tests {
                 layout: ChunkLayout::new(size, 65536),
                 hashes: Vec::new(),
             }),
+            verified: Arc::new(Verified::new(0, false)),
         }
     }
 

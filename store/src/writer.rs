@@ -17,7 +17,7 @@ use preheat_core::{ChunkIndex, ChunkLayout, Digest};
 
 use crate::blobs::install;
 use crate::error::{blocking, IoContext};
-use crate::evict::{BlobEntry, PartialEntry};
+use crate::evict::{BlobEntry, PartialEntry, Verified};
 use crate::partial::Partial;
 use crate::paths::{fsync_dir, partial_data, remove_dir_if_exists};
 use crate::{BusyGuard, Store, StoreError};
@@ -99,6 +99,38 @@ impl std::fmt::Debug for BlobWriter {
             .field("pos", &self.pos)
             .finish_non_exhaustive()
     }
+}
+
+/// Bytes of stored chunks one chunk write may read back to extend the sha256 prefix, so a write
+/// stays short while the hashing keeps pace with an out-of-order download.
+const RUN_PER_WRITE: u64 = 16 * 1024 * 1024;
+
+/// Extends the sha256 of the prefix `0..hashed` over the stored chunks that follow it, reading at
+/// most about `budget` bytes back from the partial (page cache); returns the new prefix length.
+/// The bytes read back are not re-hashed with blake3: `finish` does that only when the sha256
+/// fails. Blocking.
+fn hash_stored_run(
+    p: &Partial,
+    layout: ChunkLayout,
+    sha: &mut Hasher,
+    mut hashed: u64,
+    budget: u64,
+) -> Result<u64, StoreError> {
+    let path = partial_data(&p.dir);
+    let mut buf = Vec::new();
+    let mut read = 0u64;
+    while hashed < layout.size && read < budget {
+        let i = layout.chunk_of(hashed);
+        if p.lock().hashes.get(i as usize).is_none_or(Option::is_none) {
+            break;
+        }
+        buf.resize(layout.len(i) as usize, 0);
+        p.data.read_exact_at(&mut buf, layout.offset(i)).at(&path)?;
+        sha.update(&buf);
+        hashed += buf.len() as u64;
+        read += buf.len() as u64;
+    }
+    Ok(hashed)
 }
 
 impl BlobWriter {
@@ -231,6 +263,27 @@ impl BlobWriter {
         Ok(())
     }
 
+    /// [`write_chunk`](Self::write_chunk) without a copy: takes the buffer and gives it back
+    /// (also on error, when it was not consumed) for the caller to reuse.
+    pub async fn write_chunk_owned(
+        &mut self,
+        i: u32,
+        data: Vec<u8>,
+        expected: &[u8; 32],
+    ) -> (Result<(), StoreError>, Option<Vec<u8>>) {
+        if i >= self.layout.count() || data.len() != self.layout.len(i) as usize {
+            let mismatch = StoreError::ChunkMismatch {
+                digest: self.digest,
+                index: i,
+            };
+            return (Err(mismatch), Some(data));
+        }
+        match self.store_chunk(i, data, Some(*expected)).await {
+            Ok(buf) => (Ok(()), Some(buf)),
+            Err(e) => (Err(e), None),
+        }
+    }
+
     /// Verifies and stores one whole chunk; gives the buffer back.
     async fn store_chunk(
         &mut self,
@@ -263,23 +316,27 @@ impl BlobWriter {
         }
         let p = self.partial.clone();
         let inner = self.store.inner.clone();
+        let (layout, mut sha, mut hashed) = (self.layout, self.sha.clone(), self.hashed);
         // The notice goes out from the blocking task, so a cancelled caller cannot lose it.
-        let chunk = blocking(move || {
+        let (chunk, sha, hashed) = blocking(move || {
             p.write_chunk(i, &chunk, hash)?;
             let _ = inner.chunks.send(crate::ChunkWritten {
                 digest: p.digest,
                 chunk: i,
                 hash,
             });
-            Ok(chunk)
+            if layout.offset(i) == hashed {
+                sha.update(&chunk);
+                hashed += chunk.len() as u64;
+                hashed = hash_stored_run(&p, layout, &mut sha, hashed, RUN_PER_WRITE)?;
+            }
+            Ok((chunk, sha, hashed))
         })
         .await?;
         self.done[i as usize] = true;
         self.bytes_done += chunk.len() as u64;
-        if self.layout.offset(i) == self.hashed {
-            self.sha.update(&chunk);
-            self.hashed += chunk.len() as u64;
-        }
+        self.sha = sha;
+        self.hashed = hashed;
         Ok(chunk)
     }
 
@@ -355,24 +412,21 @@ impl BlobWriter {
                 .map(|h| h.unwrap_or_default())
                 .collect();
             let mut sha = sha;
-            let mut buf = Vec::new();
-            let first = if hashed >= layout.size {
-                layout.count()
-            } else {
-                layout.chunk_of(hashed)
-            };
-            for i in first..layout.count() {
-                buf.resize(layout.len(i) as usize, 0);
-                p.data.read_exact_at(&mut buf, layout.offset(i)).at(&path)?;
-                if chunk_hash(&buf) != hashes[i as usize] {
-                    p.forget(i);
-                    let reason = format!("chunk {i} changed on disk");
-                    return Err(StoreError::corrupt(&path, reason));
-                }
-                sha.update(&buf);
-            }
+            hash_stored_run(&p, layout, &mut sha, hashed, u64::MAX)?;
             let actual = sha.finish();
             if actual != digest {
+                // Chunks read back were not re-hashed: a chunk changed on disk since it was
+                // verified is a local fault, not a forged index; find it before blaming peers.
+                let mut buf = Vec::new();
+                for i in 0..layout.count() {
+                    buf.resize(layout.len(i) as usize, 0);
+                    p.data.read_exact_at(&mut buf, layout.offset(i)).at(&path)?;
+                    if chunk_hash(&buf) != hashes[i as usize] {
+                        p.forget(i);
+                        let reason = format!("chunk {i} changed on disk");
+                        return Err(StoreError::corrupt(&path, reason));
+                    }
+                }
                 tracing::warn!(%digest, %actual, "blob digest mismatch, partial discarded");
                 inner.lock().remove_partial(&digest);
                 remove_dir_if_exists(&p.dir)?;
@@ -398,6 +452,7 @@ impl BlobWriter {
                         size: layout.size,
                         last_access: now,
                         persisted: now,
+                        verified: Arc::new(Verified::new(layout.count(), true)),
                         index: Arc::new(ix),
                     },
                 );
