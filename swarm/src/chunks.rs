@@ -129,13 +129,14 @@ pub(crate) enum Reply {
     NotFound,
 }
 
-/// Requests chunk `chunk` (of exactly `len` bytes) from `peer`. The caller bounds the time.
+/// Requests chunk `chunk` from `peer` into `buf`, whose length is the chunk's exact length. The
+/// caller bounds the time.
 pub(crate) async fn request(
     mut control: Control,
     peer: PeerId,
     blob: Digest,
     chunk: u32,
-    len: u32,
+    mut buf: Vec<u8>,
     limiter: &ByteLimiter,
     metrics: &Metrics,
 ) -> std::io::Result<Reply> {
@@ -143,6 +144,7 @@ pub(crate) async fn request(
         .open_stream(peer, CHUNK_PROTOCOL)
         .await
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e))?;
+    let len = u32::try_from(buf.len()).map_err(|_| std::io::Error::other("chunk over 4 GiB"))?;
     protocol::write_chunk_request(&mut s, &blob, chunk).await?;
     let status = match protocol::read_chunk_header(&mut s, len).await {
         Ok(st) => st,
@@ -158,7 +160,6 @@ pub(crate) async fn request(
         ChunkStatus::Ok => {}
     }
     // `len` was checked against the chunk index, so this is at most one chunk.
-    let mut buf = vec![0u8; len as usize];
     let mut off = 0;
     while off < buf.len() {
         let end = (off + PIECE).min(buf.len());

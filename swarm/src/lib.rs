@@ -42,6 +42,7 @@
 //! a provider that is still writing at most `stall_timeout` without any progress.
 
 mod behaviour;
+mod buffers;
 mod chunks;
 pub mod config;
 mod discovery;

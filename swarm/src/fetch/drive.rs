@@ -205,17 +205,23 @@ impl Driver<'_> {
                     match r.reply {
                         Ok(Reply::Data(buf)) if t.have().get(r.chunk) => {
                             t.on_chunk_ok(r.peer, r.chunk, buf.len() as u64, now);
+                            h.inner.buffers.put(buf);
                         }
                         Ok(Reply::Data(buf)) => {
                             let Some(expected) = self.known.hash(r.chunk) else {
                                 t.on_failure(r.peer, r.chunk, now);
                                 continue;
                             };
-                            match writer.write_chunk(r.chunk, &buf, &expected).await {
+                            let n = buf.len() as u64;
+                            let (res, back) = writer.write_chunk_owned(r.chunk, buf, &expected).await;
+                            if let Some(b) = back {
+                                h.inner.buffers.put(b);
+                            }
+                            match res {
                                 Ok(()) => {
-                                    t.on_chunk_ok(r.peer, r.chunk, buf.len() as u64, now);
-                                    self.report.bytes_from_peers += buf.len() as u64;
-                                    *self.used.entry(r.peer).or_default() += buf.len() as u64;
+                                    t.on_chunk_ok(r.peer, r.chunk, n, now);
+                                    self.report.bytes_from_peers += n;
+                                    *self.used.entry(r.peer).or_default() += n;
                                     self.last_progress = now;
                                     if !announced {
                                         h.announce(blob).await?;

@@ -79,13 +79,15 @@ pub(super) fn request(
     tx: mpsc::Sender<ChunkResult>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let control = h.inner.control.clone();
+    let inner = h.inner.clone();
     let (limiter, metrics, timeout) = (
         h.inner.download.clone(),
         h.inner.metrics.clone(),
         h.inner.cfg.chunk_timeout,
     );
     async move {
-        let fut = chunks::request(control, peer, blob, chunk, len, &limiter, &metrics);
+        let buf = inner.buffers.take(len as usize);
+        let fut = chunks::request(control, peer, blob, chunk, buf, &limiter, &metrics);
         let reply = match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
