@@ -249,7 +249,7 @@ impl Partial {
 
     /// Reads verified chunk `i`: its bytes were hashed when written or when the partial was
     /// reopened, so they are not hashed again. Blocking.
-    pub fn read_chunk(&self, i: u32) -> Result<Vec<u8>, StoreError> {
+    pub fn read_chunk(&self, i: u32, mut buf: Vec<u8>) -> Result<Vec<u8>, StoreError> {
         let (stored, offset, len) = {
             let st = self.lock();
             let stored = st.hashes.get(i as usize).is_some_and(Option::is_some);
@@ -261,7 +261,7 @@ impl Partial {
                 index: i,
             });
         }
-        let mut buf = vec![0u8; len as usize];
+        buf.resize(len as usize, 0);
         let path = partial_data(&self.dir);
         self.data.read_exact_at(&mut buf, offset).at(&path)?;
         Ok(buf)

@@ -17,6 +17,11 @@ impl Buffers {
         b
     }
 
+    /// A buffer as it was returned (any length), for callers that resize it themselves.
+    pub fn take_any(&self) -> Vec<u8> {
+        self.lock().pop().unwrap_or_default()
+    }
+
     /// Returns a buffer for reuse; dropped when enough are kept.
     pub fn put(&self, b: Vec<u8>) {
         let mut free = self.lock();

@@ -27,6 +27,8 @@ pub(crate) struct Uploads {
     pub store: Store,
     pub gate: Arc<Mutex<UploadGate<Digest>>>,
     pub limiter: ByteLimiter,
+    /// Read buffers for chunks being served, recycled.
+    pub buffers: crate::buffers::Buffers,
     pub metrics: Metrics,
     pub timeout: Duration,
     /// Test-only fault injection, see `SwarmConfig::test_corrupt_uploads`.
@@ -72,7 +74,11 @@ async fn serve(mut s: Stream, up: &Uploads) -> std::io::Result<()> {
         blob,
         chunk,
     };
-    let data = match up.store.read_chunk(&blob, chunk).await {
+    let data = match up
+        .store
+        .read_chunk_into(&blob, chunk, up.buffers.take_any())
+        .await
+    {
         Ok(d) => d,
         Err(error) => {
             tracing::debug!(%blob, chunk, %error, "chunk not served");
@@ -97,6 +103,7 @@ async fn serve(mut s: Stream, up: &Uploads) -> std::io::Result<()> {
         }
         up.metrics.sent(piece.len());
     }
+    up.buffers.put(data);
     s.close().await
 }
 

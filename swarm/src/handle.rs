@@ -137,6 +137,7 @@ impl Swarm {
                 resend_after: cfg.resend_after,
             }))),
             limiter: ByteLimiter::new(cfg.upload_rate, burst),
+            buffers: crate::buffers::Buffers::default(),
             metrics: metrics.clone(),
             timeout: cfg.chunk_timeout,
             corrupt: cfg.test_corrupt_uploads,

@@ -235,6 +235,12 @@ impl Lab {
                 &["-n", ns, "addr", "add", &bridge_addr, "dev", BRIDGE],
             )?;
             admin_args("ip", &["-n", ns, "link", "set", BRIDGE, "up"])?;
+            // With br_netfilter loaded (Docker loads it), every bridged packet would also run the
+            // switch namespace's (empty) iptables chains: emulation cost, not the system's.
+            for key in ["iptables", "ip6tables", "arptables"] {
+                let k = format!("net.bridge.bridge-nf-call-{key}=0");
+                let _ = admin_args("ip", &["netns", "exec", ns, "sysctl", "-qw", &k]);
+            }
             return Ok(lab);
         }
         bail!("no unused lab name after 8 tries")
