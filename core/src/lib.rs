@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod picker;
 pub mod reference;
 pub mod rendezvous;
+pub mod runs;
 pub mod transfer;
 pub mod units;
 pub mod upload;

@@ -679,3 +679,75 @@ async fn a_failed_pull_leaves_chunks_that_the_next_pull_resumes_from() -> Result
     assert_eq!(ranged[0].bytes, report.fetched_bytes);
     Ok(())
 }
+
+/// Chunks a peer delivered out of order (here written straight into the store, as the swarm's
+/// writer does) are not fetched again: the registry is asked for the missing runs only.
+#[tokio::test]
+async fn chunks_already_stored_out_of_order_are_not_fetched_again() -> Result<()> {
+    let reg = Registry::start().await?;
+    let chunks = 40u32;
+    let layer_size = u64::from(chunks) * u64::from(CHUNK) - 777;
+    let pushed = ImageBuilder::new()
+        .layers(&[layer_size])
+        .push(&reg, "gaps/app:1")
+        .await?;
+    let (layer, _) = pushed.layers[0];
+    let direct = client_for(&reg, None)?;
+    let reference: Reference = pushed.reference.parse()?;
+    let mut bytes = Vec::new();
+    let mut s = direct.blob_stream(&reference, &layer, 0).await?;
+    while let Some(piece) = futures::StreamExt::next(&mut s).await {
+        bytes.extend_from_slice(&piece?);
+    }
+    assert_eq!(bytes.len() as u64, layer_size);
+
+    let dir = tempfile::tempdir()?;
+    let store = store_in(dir.path()).await?;
+    // Stored: every chunk but 0, 5, 6, 7, 20 and the last 4 (36..40).
+    let missing: Vec<u32> = [0, 5, 6, 7, 20].into_iter().chain(36..chunks).collect();
+    let mut w = store.writer(layer, layer_size).await?;
+    let mut stored = 0u64;
+    for i in (0..chunks).filter(|i| !missing.contains(i)) {
+        let start = i as usize * CHUNK as usize;
+        let data = &bytes[start..(start + CHUNK as usize).min(bytes.len())];
+        w.write_chunk(i, data, &preheat_core::chunk::chunk_hash(data))
+            .await?;
+        stored += data.len() as u64;
+    }
+    drop(w);
+
+    let (proxy, client) = proxied(&reg, fast_retry()).await?;
+    let via: Reference = pushed.reference_via(&proxy.host()).parse()?;
+    let report = pull_image(&client, &store, &via, &NoProgress).await?;
+    assert!(store.contains(&layer).await);
+    let missing_bytes = layer_size - stored;
+    assert_eq!(
+        report.fetched_bytes,
+        missing_bytes + pushed.config_bytes.len() as u64,
+        "only the missing chunks (and the config) came from the registry"
+    );
+    // The log also holds this test's own full download (200) before the pull's requests.
+    let layer_gets = reg
+        .wait_access_log(Duration::from_secs(10), |log| {
+            log.iter()
+                .filter(|e| e.blob_digest() == Some(layer))
+                .count()
+                >= 5
+        })
+        .await?;
+    let (full, ranges): (Vec<_>, Vec<_>) = layer_gets
+        .iter()
+        .filter(|e| e.blob_digest() == Some(layer))
+        .partition(|e| e.status == 200);
+    assert_eq!(full.len(), 1, "only the test's own download is a full GET");
+    let ranges: Vec<u64> = ranges
+        .iter()
+        .map(|e| {
+            assert_eq!(e.status, 206, "range requests only");
+            e.bytes
+        })
+        .collect();
+    assert_eq!(ranges.len(), 4, "one request per missing run: {ranges:?}");
+    assert_eq!(ranges.iter().sum::<u64>(), missing_bytes);
+    Ok(())
+}

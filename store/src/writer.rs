@@ -173,6 +173,20 @@ impl BlobWriter {
         self.pos
     }
 
+    /// Moves the sequential position to the start of chunk `i` (to fill a gap between chunks stored
+    /// out of order). Only between chunks: nothing may be buffered.
+    pub fn seek_chunk(&mut self, i: u32) -> Result<(), StoreError> {
+        if !self.buf.is_empty() || i > self.layout.count() {
+            return Err(StoreError::SizeMismatch {
+                digest: self.digest,
+                expected: self.layout.size,
+                actual: self.layout.offset(i),
+            });
+        }
+        self.pos = self.layout.offset(i).min(self.layout.size);
+        Ok(())
+    }
+
     /// Length of the contiguous prefix of stored, verified chunks.
     pub fn verified_offset(&self) -> u64 {
         let first_missing = self.done.iter().position(|d| !d);

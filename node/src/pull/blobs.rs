@@ -1,6 +1,8 @@
 //! Fetching the missing blobs of one image: [`PARALLEL_BLOBS`] at a time, each from peers first
 //! when a [`PeerSource`] is given, else (or then) from the registry, announced to the swarm as soon
-//! as its registry writer exists, resumed from the store's verified prefix after broken streams.
+//! as its registry writer exists. The registry is asked only for the chunks the store lacks (peers
+//! may have delivered any of them): one range request per run of missing chunks, at most
+//! [`MAX_RANGES`] runs (the closest ones merged), and again after a broken stream.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,6 +10,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use preheat_core::reference::Reference;
+use preheat_core::runs::missing_runs;
 use preheat_core::Digest;
 use preheat_store::{BlobWriter, Store, StoreError};
 use preheat_swarm::SwarmHandle;
@@ -15,6 +18,10 @@ use preheat_swarm::SwarmHandle;
 use super::{store_err, PullError, PullProgress, PARALLEL_BLOBS};
 use crate::registry::{RegistryClient, RegistryError};
 use crate::swarm_pull::{PeerFetch, PeerSource};
+
+/// Range requests a resume may split a blob's missing chunks into (stored chunks between merged
+/// runs are fetched again).
+const MAX_RANGES: usize = 16;
 
 /// How long `open_writer` waits for a blob another writer holds: 50 × 100 ms.
 const BUSY_RETRIES: u32 = 50;
@@ -174,16 +181,34 @@ async fn fetch_blob(
     let policy = ctx.client.config().retry;
     let mut failures = 0u32;
     loop {
-        let offset = writer.resume_offset();
-        if offset >= size {
+        // Ask only for what is missing: peers may have delivered chunks anywhere in the blob.
+        let layout = writer.layout();
+        let Some(run) = missing_runs(writer.done(), MAX_RANGES).into_iter().next() else {
             break;
-        }
-        match transfer(ctx, digest, size, &mut writer, offset, &mut reported).await {
-            Ok(()) => break,
+        };
+        let range = layout.offset(run.start)..layout.offset(run.end).min(size);
+        writer
+            .seek_chunk(run.start)
+            .map_err(|source| store_err(format!("blob {digest}"), source))?;
+        let before = writer.bytes_done();
+        match transfer(ctx, digest, range.clone(), size, &mut writer, &mut reported).await {
+            Ok(()) if writer.bytes_done() > before => failures = 0,
+            Ok(()) => {
+                // Nothing new stored from a complete answer: never loop on it.
+                return Err(PullError::GaveUp {
+                    digest,
+                    attempts: failures + 1,
+                    source: RegistryError::ShortBlob {
+                        digest,
+                        at: range.start,
+                        size,
+                    },
+                });
+            }
             Err(Stop::Fatal(e)) => return Err(e),
             Err(Stop::Retry(e)) => {
-                // A transfer that advanced the verified prefix starts a new series of attempts.
-                let gained = writer.verified_offset() > offset;
+                // A transfer that stored something starts a new series of attempts.
+                let gained = writer.bytes_done() > before;
                 failures = if gained { 1 } else { failures + 1 };
                 if !policy.may_retry(failures) {
                     return Err(PullError::GaveUp {
@@ -234,21 +259,30 @@ async fn fetch_blob(
     Ok(())
 }
 
-/// One streamed request from `offset` to the end of the blob.
+/// One streamed request for bytes `range` of the blob (the writer is positioned at its start).
 async fn transfer(
     ctx: &Ctx<'_>,
     digest: Digest,
-    size: u64,
+    range: std::ops::Range<u64>,
+    blob_size: u64,
     writer: &mut BlobWriter,
-    offset: u64,
     reported: &mut u64,
 ) -> Result<(), Stop> {
     let mut stream = ctx
         .client
-        .blob_stream(ctx.reference, &digest, offset)
+        // The last run asks open-ended, so a blob longer than the manifest says is still caught.
+        .blob_range(
+            ctx.reference,
+            &digest,
+            range.start..if range.end == blob_size {
+                u64::MAX
+            } else {
+                range.end
+            },
+        )
         .await
         .map_err(|e| Stop::Fatal(e.into()))?;
-    let mut at = offset;
+    let (mut at, size) = (range.start, range.end);
     while let Some(piece) = stream.next().await {
         let piece = piece.map_err(Stop::Retry)?;
         ctx.counters
@@ -258,7 +292,7 @@ async fn transfer(
             return Err(Stop::Fatal(PullError::SizeMismatch {
                 reference: ctx.reference.to_string(),
                 digest,
-                expected: size,
+                expected: blob_size,
             }));
         }
         writer

@@ -2,14 +2,14 @@
 //!
 //! ```text
 //!  resolve ─► put_small(index, manifest) ─► put_image (partial, wanted) ─► blobs, 3 at a time:
-//!     writer(d) ─► resume_offset ─► blob_stream(offset) ─► write … ─► finish (sha256) ─► put_image
+//!     writer(d) ─► missing chunk runs ─► blob_range(run) ─► write … ─► finish (sha256) ─► put_image
 //! ```
 //!
 //! With a [`PeerSource`] each missing blob is tried in the swarm first (see `swarm_pull`); the
 //! registry gets only the blobs no peer has, resuming from the chunks peers delivered.
 //!
 //! Invariants: a blob becomes visible only after `finish` verified its sha256; a broken stream is retried
-//! from the store's verified prefix, so finished chunks are never fetched again; the image is recorded and
+//! for the chunks still missing, so finished chunks are fetched again only inside merged runs; the image is recorded and
 //! wanted before its blobs arrive, so eviction cannot take an early layer to make room for a later one.
 
 mod blobs;

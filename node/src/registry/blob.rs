@@ -61,6 +61,26 @@ where
     })
 }
 
+/// Ends a byte stream after `limit` bytes (`u64::MAX`: never).
+pub(super) fn cut_at<S>(
+    stream: S,
+    mut limit: u64,
+) -> impl Stream<Item = Result<Bytes, RegistryError>> + Send
+where
+    S: Stream<Item = Result<Bytes, RegistryError>> + Send,
+{
+    stream
+        .map_ok(move |mut bytes| {
+            let n = usize::try_from(limit)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            bytes.truncate(n);
+            limit -= n as u64;
+            bytes
+        })
+        .try_take_while(|b| futures::future::ready(Ok(!b.is_empty())))
+}
+
 /// `bytes 100-199/200` → 100.
 pub(super) fn content_range_start(value: &str) -> Option<u64> {
     let range = value.trim().strip_prefix("bytes")?.trim_start();
@@ -88,6 +108,25 @@ mod tests {
                 .unwrap();
             assert!(out.iter().all(|b| !b.is_empty()), "no empty pieces");
             assert_eq!(out.concat(), want.as_bytes(), "skip {skip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn cuts_a_stream_after_the_range_end() {
+        for (limit, want) in [
+            (0, ""),
+            (2, "ab"),
+            (3, "abc"),
+            (5, "abcde"),
+            (10, "abcdefghij"),
+            (u64::MAX, "abcdefghij"),
+        ] {
+            let pieces = ["abc", "defg", "hij"].map(|s| Ok(Bytes::from(s)));
+            let out: Vec<Bytes> = cut_at(futures::stream::iter(pieces), limit)
+                .try_collect()
+                .await
+                .unwrap();
+            assert_eq!(out.concat(), want.as_bytes(), "limit {limit}");
         }
     }
 

@@ -37,7 +37,7 @@ pub use retry::{parse_retry_after, RetryPolicy};
 pub use transport::is_insecure;
 
 use auth::Authenticator;
-use blob::{content_range_start, skip_prefix};
+use blob::{content_range_start, cut_at, skip_prefix};
 use transport::{header_str, status_error};
 pub(crate) use transport::{read_capped, Endpoint};
 
@@ -202,6 +202,18 @@ impl RegistryClient {
         d: &Digest,
         offset: u64,
     ) -> Result<BlobStream, RegistryError> {
+        self.blob_range(r, d, offset..u64::MAX).await
+    }
+
+    /// Streams bytes `range` of blob `d` (the end clamped to the blob; `u64::MAX`: to the end).
+    /// A server that ignores the range is read from `range.start` and cut at `range.end`.
+    pub async fn blob_range(
+        &self,
+        r: &Reference,
+        d: &Digest,
+        range: std::ops::Range<u64>,
+    ) -> Result<BlobStream, RegistryError> {
+        let (offset, end) = (range.start, range.end);
         let ep = self.endpoint(r);
         let url = ep.url(&format!("blobs/{d}"));
         let resp = self
@@ -209,10 +221,10 @@ impl RegistryClient {
                 let resp = self
                     .send_once(&ep, |http| {
                         let req = http.get(&url);
-                        if offset > 0 {
-                            req.header(RANGE, format!("bytes={offset}-"))
-                        } else {
-                            req
+                        match (offset, end) {
+                            (0, u64::MAX) => req,
+                            (o, u64::MAX) => req.header(RANGE, format!("bytes={o}-")),
+                            (o, e) => req.header(RANGE, format!("bytes={o}-{}", e - 1)),
                         }
                     })
                     .await?;
@@ -247,7 +259,9 @@ impl RegistryClient {
         }
         // A 200 to a range request means the server ignored the range: drop the bytes before `offset`.
         let skip = if partial { 0 } else { offset };
-        let remaining = resp.content_length().map(|len| len.saturating_sub(skip));
+        let remaining = resp
+            .content_length()
+            .map(|len| len.saturating_sub(skip).min(end - offset));
         let host = ep.host.clone();
         let body = resp
             .bytes_stream()
@@ -256,7 +270,7 @@ impl RegistryClient {
                 source,
             });
         Ok(BlobStream {
-            inner: Box::pin(skip_prefix(body, skip)),
+            inner: Box::pin(cut_at(skip_prefix(body, skip), end - offset)),
             offset,
             remaining,
         })
