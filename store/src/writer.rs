@@ -88,6 +88,8 @@ pub struct BlobWriter {
     /// sha256 of the prefix `0..hashed`.
     sha: Hasher,
     hashed: u64,
+    /// Read-back buffer for extending `sha` over chunks stored out of order.
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for BlobWriter {
@@ -115,9 +117,9 @@ fn hash_stored_run(
     sha: &mut Hasher,
     mut hashed: u64,
     budget: u64,
+    buf: &mut Vec<u8>,
 ) -> Result<u64, StoreError> {
     let path = partial_data(&p.dir);
-    let mut buf = Vec::new();
     let mut read = 0u64;
     while hashed < layout.size && read < budget {
         let i = layout.chunk_of(hashed);
@@ -125,8 +127,8 @@ fn hash_stored_run(
             break;
         }
         buf.resize(layout.len(i) as usize, 0);
-        p.data.read_exact_at(&mut buf, layout.offset(i)).at(&path)?;
-        sha.update(&buf);
+        p.data.read_exact_at(buf, layout.offset(i)).at(&path)?;
+        sha.update(buf);
         hashed += buf.len() as u64;
         read += buf.len() as u64;
     }
@@ -152,6 +154,7 @@ impl BlobWriter {
             buf: Vec::new(),
             sha: Hasher::new(),
             hashed: 0,
+            scratch: Vec::new(),
         };
         w.advance();
         w
@@ -331,8 +334,9 @@ impl BlobWriter {
         let p = self.partial.clone();
         let inner = self.store.inner.clone();
         let (layout, mut sha, mut hashed) = (self.layout, self.sha.clone(), self.hashed);
+        let mut scratch = mem::take(&mut self.scratch);
         // The notice goes out from the blocking task, so a cancelled caller cannot lose it.
-        let (chunk, sha, hashed) = blocking(move || {
+        let (chunk, sha, hashed, scratch) = blocking(move || {
             p.write_chunk(i, &chunk, hash)?;
             let _ = inner.chunks.send(crate::ChunkWritten {
                 digest: p.digest,
@@ -342,11 +346,13 @@ impl BlobWriter {
             if layout.offset(i) == hashed {
                 sha.update(&chunk);
                 hashed += chunk.len() as u64;
-                hashed = hash_stored_run(&p, layout, &mut sha, hashed, RUN_PER_WRITE)?;
+                hashed =
+                    hash_stored_run(&p, layout, &mut sha, hashed, RUN_PER_WRITE, &mut scratch)?;
             }
-            Ok((chunk, sha, hashed))
+            Ok((chunk, sha, hashed, scratch))
         })
         .await?;
+        self.scratch = scratch;
         self.done[i as usize] = true;
         self.bytes_done += chunk.len() as u64;
         self.sha = sha;
@@ -426,7 +432,8 @@ impl BlobWriter {
                 .map(|h| h.unwrap_or_default())
                 .collect();
             let mut sha = sha;
-            hash_stored_run(&p, layout, &mut sha, hashed, u64::MAX)?;
+            let mut scratch = Vec::new();
+            hash_stored_run(&p, layout, &mut sha, hashed, u64::MAX, &mut scratch)?;
             let actual = sha.finish();
             if actual != digest {
                 // Chunks read back were not re-hashed: a chunk changed on disk since it was
