@@ -146,6 +146,43 @@ impl Bitfield {
             .take_while(move |&i| i < len)
     }
 
+    /// Indices of `self ∩ other`, ascending, without building the set (the piece pickers' hot path).
+    pub fn iter_ones_and<'a>(&'a self, other: &'a Bitfield) -> impl Iterator<Item = u32> + 'a {
+        self.words
+            .iter()
+            .zip(other.words.iter().copied().chain(std::iter::repeat(0)))
+            .zip((0u32..).step_by(64))
+            .flat_map(|((&w, o), base)| Ones { word: w & o, base })
+    }
+
+    /// `|self ∩ other|`, over `self.len()` bits.
+    pub fn count_ones_and(&self, other: &Bitfield) -> u32 {
+        self.words
+            .iter()
+            .zip(other.words.iter().copied().chain(std::iter::repeat(0)))
+            .map(|(&w, o)| (w & o).count_ones())
+            .sum()
+    }
+
+    /// Whether `self ∩ other ∖ not` has an element.
+    pub fn intersects_except(&self, other: &Bitfield, not: &Bitfield) -> bool {
+        let word = |b: &Bitfield, i: usize| b.words.get(i).copied().unwrap_or(0);
+        (0..self.words.len()).any(|i| self.words[i] & word(other, i) & !word(not, i) != 0)
+    }
+
+    /// Removes every element of `other` from `self`.
+    pub fn remove_all(&mut self, other: &Bitfield) {
+        for (w, o) in self.words.iter_mut().zip(&other.words) {
+            *w &= !o;
+        }
+    }
+
+    /// Makes `self` a copy of `other`, reusing its allocation.
+    pub fn copy_from(&mut self, other: &Bitfield) {
+        self.len = other.len;
+        self.words.clone_from(&other.words);
+    }
+
     /// `self ∩ other`, over `self.len()` bits (bits `other` lacks count as unset).
     pub fn and(&self, other: &Bitfield) -> Bitfield {
         let mut out = self.clone();

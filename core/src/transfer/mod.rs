@@ -42,6 +42,8 @@ struct PeerState {
     failures: u32,
     /// Chunks this peer declined, and until when they are not asked of it (few: one per request).
     declined: Vec<(u32, Instant)>,
+    /// The chunks of `declined`, as a set.
+    declined_mask: Bitfield,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -69,7 +71,40 @@ pub struct Transfer<P> {
     queued: Vec<Action<P>>,
     complete_sent: bool,
     stats: TransferStats,
+    /// No decline expires before this (a lower bound), so `poll` skips pruning until then.
+    decline_due: Option<Instant>,
+    /// Reused buffers of `schedule` (a peer's chunks minus its declines; the peer order).
+    scratch: Bitfield,
+    order: Vec<Ranked<P>>,
 }
+
+/// A peer's place in `schedule`'s order: best score first, then a random draw, then the peer
+/// (the max of a heap is the next peer to ask).
+#[derive(Debug)]
+struct Ranked<P>(f64, u64, P);
+
+impl<P: Ord> Ord for Ranked<P> {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0
+            .total_cmp(&o.0)
+            .then(o.1.cmp(&self.1))
+            .then(o.2.cmp(&self.2))
+    }
+}
+
+impl<P: Ord> PartialOrd for Ranked<P> {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl<P: Ord> PartialEq for Ranked<P> {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o).is_eq()
+    }
+}
+
+impl<P: Ord> Eq for Ranked<P> {}
 
 impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
     /// A transfer of a blob cut by `layout`, of which the chunks in `have` are already stored.
@@ -116,6 +151,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             queued: Vec::new(),
             complete_sent: false,
             stats,
+            decline_due: None,
+            scratch: Bitfield::new(n),
+            order: Vec::new(),
         })
     }
 
@@ -144,6 +182,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             not_before: None,
             failures: 0,
             declined: Vec::new(),
+            declined_mask: Bitfield::new(want),
         });
         st.has = has;
         Ok(())
@@ -273,6 +312,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
                 let until = now + self.cfg.decline_backoff;
                 st.declined.retain(|(c, _)| *c != chunk);
                 st.declined.push((chunk, until));
+                st.declined_mask.set(chunk);
+                self.decline_due = Some(self.decline_due.map_or(until, |t| t.min(until)));
             }
         }
     }
@@ -281,11 +322,28 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
     /// every action due. Call after each event and at [`Transfer::next_deadline`].
     pub fn poll<R: Rng>(&mut self, now: Instant, rng: &mut R) -> Vec<Action<P>> {
         self.bans.retain(|_, until| *until > now);
+        let prune = self.decline_due.is_some_and(|t| t <= now);
         for st in self.peers.values_mut() {
             if st.not_before.is_some_and(|t| t <= now) {
                 st.not_before = None;
             }
-            st.declined.retain(|(_, t)| *t > now);
+            if prune {
+                let mask = &mut st.declined_mask;
+                st.declined.retain(|&(c, t)| {
+                    let keep = t > now;
+                    if !keep {
+                        mask.clear(c);
+                    }
+                    keep
+                });
+            }
+        }
+        if prune {
+            self.decline_due = self
+                .peers
+                .values()
+                .flat_map(|s| s.declined.iter().map(|(_, t)| *t))
+                .min();
         }
         let timeout = self.cfg.chunk_timeout;
         let expired: Vec<(P, u32)> = self
@@ -398,27 +456,49 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
 
     /// Hands out requests to eligible peers, best score first, until slots or chunks run out.
     fn schedule<R: Rng>(&mut self, now: Instant, rng: &mut R) {
-        let n = self.layout.count();
-        let mut in_flight = Bitfield::new(n);
-        for &c in self.requests.keys() {
-            in_flight.set(c);
-        }
-        let mut want = self.have.not().andnot(&in_flight);
         let neutral = self.neutral_score();
         let per_peer = self.cfg.max_in_flight_per_peer;
-        let mut order: Vec<(f64, u64, P)> = self
-            .peers
-            .iter()
-            .filter(|(p, s)| {
-                !self.bans.contains_key(p)
-                    && s.not_before.is_none_or(|t| t <= now)
-                    && s.in_flight < per_peer
-            })
-            .map(|(p, s)| (s.score.unwrap_or(neutral), rng.next_u64(), *p))
-            .collect();
-        order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let rng: &mut dyn RngCore = rng;
-        for (_, _, peer) in order {
+        let mut order = std::mem::take(&mut self.order);
+        order.clear();
+        // Every eligible peer draws its tie-breaker, also when no slot is free; peers without a
+        // chunk we miss (declines aside) could get no request, so only the others are ranked.
+        let free = self.total_in_flight < self.cfg.max_in_flight_total;
+        // Chunks missing (in flight or not: endgame may duplicate the former).
+        let mut want = self.have.not();
+        for (p, s) in &self.peers {
+            if self.bans.contains_key(p)
+                || s.not_before.is_some_and(|t| t > now)
+                || s.in_flight >= per_peer
+            {
+                continue;
+            }
+            let draw = rng.next_u64();
+            if free && s.has.intersects_except(&want, &s.declined_mask) {
+                order.push(Ranked(s.score.unwrap_or(neutral), draw, *p));
+            }
+        }
+        if order.is_empty() {
+            self.order = order;
+            return;
+        }
+        for &c in self.requests.keys() {
+            want.clear(c);
+        }
+        let mut order = std::collections::BinaryHeap::from(order);
+        self.schedule_in_order(now, want, &mut order, rng);
+        self.order = order.into_vec();
+    }
+
+    /// `schedule`'s loop: peers best first (popped lazily, as few slots are usually free).
+    fn schedule_in_order(
+        &mut self,
+        now: Instant,
+        mut want: Bitfield,
+        order: &mut std::collections::BinaryHeap<Ranked<P>>,
+        rng: &mut dyn RngCore,
+    ) {
+        let per_peer = self.cfg.max_in_flight_per_peer;
+        while let Some(Ranked(_, _, peer)) = order.pop() {
             loop {
                 if self.total_in_flight >= self.cfg.max_in_flight_total {
                     return;
@@ -429,16 +509,12 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
                 if st.in_flight >= per_peer {
                     break;
                 }
-                let declined;
                 let has = if st.declined.is_empty() {
                     &st.has
                 } else {
-                    let mut h = st.has.clone();
-                    for &(c, _) in &st.declined {
-                        h.clear(c);
-                    }
-                    declined = h;
-                    &declined
+                    self.scratch.copy_from(&st.has);
+                    self.scratch.remove_all(&st.declined_mask);
+                    &self.scratch
                 };
                 let chunk = if want.is_clear() {
                     self.endgame_pick(peer, has)
