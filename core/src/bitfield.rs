@@ -38,6 +38,11 @@ pub struct Bitfield {
     words: Vec<u64>,
 }
 
+/// `words`, then zeros for ever (the other operand's missing words count as unset).
+fn padded(words: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    words.iter().copied().chain(std::iter::repeat(0))
+}
+
 fn words_for(len: u32) -> usize {
     len.div_ceil(64) as usize
 }
@@ -150,7 +155,7 @@ impl Bitfield {
     pub fn iter_ones_and<'a>(&'a self, other: &'a Bitfield) -> impl Iterator<Item = u32> + 'a {
         self.words
             .iter()
-            .zip(other.words.iter().copied().chain(std::iter::repeat(0)))
+            .zip(padded(&other.words))
             .zip((0u32..).step_by(64))
             .flat_map(|((&w, o), base)| Ones { word: w & o, base })
     }
@@ -159,15 +164,18 @@ impl Bitfield {
     pub fn count_ones_and(&self, other: &Bitfield) -> u32 {
         self.words
             .iter()
-            .zip(other.words.iter().copied().chain(std::iter::repeat(0)))
+            .zip(padded(&other.words))
             .map(|(&w, o)| (w & o).count_ones())
             .sum()
     }
 
     /// Whether `self ∩ other ∖ not` has an element.
     pub fn intersects_except(&self, other: &Bitfield, not: &Bitfield) -> bool {
-        let word = |b: &Bitfield, i: usize| b.words.get(i).copied().unwrap_or(0);
-        (0..self.words.len()).any(|i| self.words[i] & word(other, i) & !word(not, i) != 0)
+        self.words
+            .iter()
+            .zip(padded(&other.words))
+            .zip(padded(&not.words))
+            .any(|((&w, o), n)| w & o & !n != 0)
     }
 
     /// Removes every element of `other` from `self`.

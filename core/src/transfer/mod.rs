@@ -42,8 +42,9 @@ struct PeerState {
     failures: u32,
     /// Chunks this peer declined, and until when they are not asked of it (few: one per request).
     declined: Vec<(u32, Instant)>,
-    /// The chunks of `declined`, as a set.
+    /// The chunks of `declined`, as a set, and its earliest expiry.
     declined_mask: Bitfield,
+    declined_due: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,8 +72,6 @@ pub struct Transfer<P> {
     queued: Vec<Action<P>>,
     complete_sent: bool,
     stats: TransferStats,
-    /// No decline expires before this (a lower bound), so `poll` skips pruning until then.
-    decline_due: Option<Instant>,
     /// Reused buffers of `schedule` (a peer's chunks minus its declines; the peer order).
     scratch: Bitfield,
     order: Vec<Ranked<P>>,
@@ -151,7 +150,6 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             queued: Vec::new(),
             complete_sent: false,
             stats,
-            decline_due: None,
             scratch: Bitfield::new(n),
             order: Vec::new(),
         })
@@ -183,6 +181,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             failures: 0,
             declined: Vec::new(),
             declined_mask: Bitfield::new(want),
+            declined_due: None,
         });
         st.has = has;
         Ok(())
@@ -313,7 +312,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
                 st.declined.retain(|(c, _)| *c != chunk);
                 st.declined.push((chunk, until));
                 st.declined_mask.set(chunk);
-                self.decline_due = Some(self.decline_due.map_or(until, |t| t.min(until)));
+                st.declined_due = st.declined.iter().map(|(_, t)| *t).min();
             }
         }
     }
@@ -322,12 +321,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
     /// every action due. Call after each event and at [`Transfer::next_deadline`].
     pub fn poll<R: Rng>(&mut self, now: Instant, rng: &mut R) -> Vec<Action<P>> {
         self.bans.retain(|_, until| *until > now);
-        let prune = self.decline_due.is_some_and(|t| t <= now);
         for st in self.peers.values_mut() {
             if st.not_before.is_some_and(|t| t <= now) {
                 st.not_before = None;
             }
-            if prune {
+            if st.declined_due.is_some_and(|t| t <= now) {
                 let mask = &mut st.declined_mask;
                 st.declined.retain(|&(c, t)| {
                     let keep = t > now;
@@ -336,14 +334,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
                     }
                     keep
                 });
+                st.declined_due = st.declined.iter().map(|(_, t)| *t).min();
             }
-        }
-        if prune {
-            self.decline_due = self
-                .peers
-                .values()
-                .flat_map(|s| s.declined.iter().map(|(_, t)| *t))
-                .min();
         }
         let timeout = self.cfg.chunk_timeout;
         let expired: Vec<(P, u32)> = self
@@ -382,10 +374,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             .flatten()
             .map(|r| r.sent + self.cfg.chunk_timeout);
         let backoffs = self.peers.values().filter_map(|s| s.not_before);
-        let declines = self
-            .peers
-            .values()
-            .flat_map(|s| s.declined.iter().map(|(_, t)| *t));
+        let declines = self.peers.values().filter_map(|s| s.declined_due);
         let bans = self
             .bans
             .iter()
