@@ -38,9 +38,9 @@ pub struct Bitfield {
     words: Vec<u64>,
 }
 
-/// `words`, then zeros for ever (the other operand's missing words count as unset).
-fn padded(words: &[u64]) -> impl Iterator<Item = u64> + '_ {
-    words.iter().copied().chain(std::iter::repeat(0))
+/// Word `i` of `b`; zero past its end (a shorter operand's missing bits count as unset).
+fn word(b: &Bitfield, i: usize) -> u64 {
+    b.words.get(i).copied().unwrap_or(0)
 }
 
 fn words_for(len: u32) -> usize {
@@ -155,27 +155,31 @@ impl Bitfield {
     pub fn iter_ones_and<'a>(&'a self, other: &'a Bitfield) -> impl Iterator<Item = u32> + 'a {
         self.words
             .iter()
-            .zip(padded(&other.words))
+            .enumerate()
             .zip((0u32..).step_by(64))
-            .flat_map(|((&w, o), base)| Ones { word: w & o, base })
+            .flat_map(|((i, &w), base)| Ones {
+                word: w & word(other, i),
+                base,
+            })
     }
 
     /// `|self ∩ other|`, over `self.len()` bits.
     pub fn count_ones_and(&self, other: &Bitfield) -> u32 {
-        self.words
-            .iter()
-            .zip(padded(&other.words))
-            .map(|(&w, o)| (w & o).count_ones())
-            .sum()
+        let mut n = 0;
+        for (i, &w) in self.words.iter().enumerate() {
+            n += (w & word(other, i)).count_ones();
+        }
+        n
     }
 
     /// Whether `self ∩ other ∖ not` has an element.
     pub fn intersects_except(&self, other: &Bitfield, not: &Bitfield) -> bool {
-        self.words
-            .iter()
-            .zip(padded(&other.words))
-            .zip(padded(&not.words))
-            .any(|((&w, o), n)| w & o & !n != 0)
+        for (i, &w) in self.words.iter().enumerate() {
+            if w & word(other, i) & !word(not, i) != 0 {
+                return true;
+            }
+        }
+        false
     }
 
     /// Removes every element of `other` from `self`.
