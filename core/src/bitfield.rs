@@ -172,14 +172,13 @@ impl Bitfield {
         n
     }
 
-    /// Whether `self ∩ other ∖ not` has an element.
-    pub fn intersects_except(&self, other: &Bitfield, not: &Bitfield) -> bool {
+    /// `|self ∖ a ∖ b|`.
+    pub fn count_ones_except(&self, a: &Bitfield, b: &Bitfield) -> u32 {
+        let mut n = 0;
         for (i, &w) in self.words.iter().enumerate() {
-            if w & word(other, i) & !word(not, i) != 0 {
-                return true;
-            }
+            n += (w & !word(a, i) & !word(b, i)).count_ones();
         }
-        false
+        n
     }
 
     /// Removes every element of `other` from `self`.

@@ -45,6 +45,9 @@ struct PeerState {
     /// The chunks of `declined`, as a set, and its earliest expiry.
     declined_mask: Bitfield,
     declined_due: Option<Instant>,
+    /// `|has ∖ our have ∖ declined_mask|`: chunks this peer could be asked for (kept by every
+    /// change of the three sets, so `schedule` need not intersect bitfields per peer).
+    useful: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -182,7 +185,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             declined: Vec::new(),
             declined_mask: Bitfield::new(want),
             declined_due: None,
+            useful: 0,
         });
+        st.useful = has.count_ones_except(&self.have, &st.declined_mask);
         st.has = has;
         Ok(())
     }
@@ -197,6 +202,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             if st.has.set(chunk) {
                 let a = &mut self.availability[chunk as usize];
                 *a = a.saturating_add(1);
+                if !self.have.get(chunk) && !st.declined_mask.get(chunk) {
+                    st.useful += 1;
+                }
             }
         }
         Ok(())
@@ -243,6 +251,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
         if !self.have.set(chunk) {
             self.stats.duplicates += 1;
             return;
+        }
+        for st in self.peers.values_mut() {
+            if st.has.get(chunk) && !st.declined_mask.get(chunk) {
+                st.useful -= 1;
+            }
         }
         self.stats.chunks_ok += 1;
         self.stats.chunks_have += 1;
@@ -311,7 +324,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
                 let until = now + self.cfg.decline_backoff;
                 st.declined.retain(|(c, _)| *c != chunk);
                 st.declined.push((chunk, until));
-                st.declined_mask.set(chunk);
+                if st.declined_mask.set(chunk) && st.has.get(chunk) && !self.have.get(chunk) {
+                    st.useful -= 1;
+                }
                 st.declined_due = st.declined.iter().map(|(_, t)| *t).min();
             }
         }
@@ -326,11 +341,12 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
                 st.not_before = None;
             }
             if st.declined_due.is_some_and(|t| t <= now) {
-                let mask = &mut st.declined_mask;
+                let (mask, has, have) = (&mut st.declined_mask, &st.has, &self.have);
+                let useful = &mut st.useful;
                 st.declined.retain(|&(c, t)| {
                     let keep = t > now;
-                    if !keep {
-                        mask.clear(c);
+                    if !keep && mask.clear(c) && has.get(c) && !have.get(c) {
+                        *useful += 1;
                     }
                     keep
                 });
@@ -452,8 +468,6 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
         // Every eligible peer draws its tie-breaker, also when no slot is free; peers without a
         // chunk we miss (declines aside) could get no request, so only the others are ranked.
         let free = self.total_in_flight < self.cfg.max_in_flight_total;
-        // Chunks missing (in flight or not: endgame may duplicate the former).
-        let mut want = self.have.not();
         for (p, s) in &self.peers {
             if self.bans.contains_key(p)
                 || s.not_before.is_some_and(|t| t > now)
@@ -462,7 +476,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
                 continue;
             }
             let draw = rng.next_u64();
-            if free && s.has.intersects_except(&want, &s.declined_mask) {
+            debug_assert_eq!(
+                s.useful,
+                s.has.count_ones_except(&self.have, &s.declined_mask)
+            );
+            if free && s.useful > 0 {
                 order.push(Ranked(s.score.unwrap_or(neutral), draw, *p));
             }
         }
@@ -470,6 +488,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             self.order = order;
             return;
         }
+        let mut want = self.have.not();
         for &c in self.requests.keys() {
             want.clear(c);
         }
