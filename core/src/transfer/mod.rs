@@ -19,7 +19,10 @@ use crate::bitfield::Bitfield;
 use crate::picker::PiecePolicy;
 use crate::ChunkLayout;
 
+mod peer_map;
 mod types;
+
+use peer_map::PeerMap;
 
 pub use types::{Action, TransferConfig, TransferError, TransferStats};
 
@@ -63,7 +66,7 @@ pub struct Transfer<P> {
     cfg: TransferConfig,
     policy: Box<dyn PiecePolicy>,
     have: Bitfield,
-    peers: BTreeMap<P, PeerState>,
+    peers: PeerMap<P, PeerState>,
     /// Survive `remove_peer`, so a reconnecting bad peer stays banned.
     bans: BTreeMap<P, Instant>,
     /// Chunk -> its outstanding requests (at most `1 + endgame_duplicates`).
@@ -145,7 +148,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             cfg,
             policy,
             have,
-            peers: BTreeMap::new(),
+            peers: PeerMap::new(),
             bans: BTreeMap::new(),
             requests: BTreeMap::new(),
             total_in_flight: 0,
@@ -176,7 +179,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
         for i in has.iter_ones() {
             self.availability[i as usize] = self.availability[i as usize].saturating_add(1);
         }
-        let st = self.peers.entry(peer).or_insert_with(|| PeerState {
+        let st = self.peers.get_or_insert_with(peer, || PeerState {
             has: Bitfield::new(want),
             in_flight: 0,
             score: None,
@@ -468,7 +471,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
         // Every eligible peer draws its tie-breaker, also when no slot is free; peers without a
         // chunk we miss (declines aside) could get no request, so only the others are ranked.
         let free = self.total_in_flight < self.cfg.max_in_flight_total;
-        for (p, s) in &self.peers {
+        for (p, s) in self.peers.iter() {
             if self.bans.contains_key(p)
                 || s.not_before.is_some_and(|t| t > now)
                 || s.in_flight >= per_peer
