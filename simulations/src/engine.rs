@@ -7,7 +7,7 @@
 //! the one seeded RNG, so a config and a seed give one result.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use preheat_core::bitfield::Bitfield;
@@ -145,6 +145,8 @@ pub struct Sim {
     now: u64,
     seq: u64,
     queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    /// Events exactly half a round trip ahead (requests and answers on the wire), in order.
+    hops: VecDeque<(u64, u64, Ev)>,
     /// Flow completions, keyed by network time (see [`Clock`]) and the shared sequence number.
     flow_queue: BinaryHeap<Reverse<(u64, u64, FlowId, u64)>>,
     clock: Clock,
@@ -215,6 +217,7 @@ impl Sim {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
+            hops: VecDeque::new(),
             flow_queue: BinaryHeap::new(),
             clock: Clock {
                 cap: cfg.cpu_cap(),
@@ -254,24 +257,29 @@ impl Sim {
     pub fn run_to_end(&mut self) {
         let horizon = u64::try_from(self.cfg.horizon.as_nanos()).unwrap_or(u64::MAX);
         loop {
-            let next = self.queue.peek().map(|Reverse((t, seq, _))| (*t, *seq));
-            let flow = self
-                .flow_queue
-                .peek()
-                .map(|Reverse((tau, seq, _, _))| (self.clock.real(*tau), *seq));
-            // Equal times run in push order across both queues.
-            let from_flows = match (next, flow) {
-                (None, None) => break,
-                (Some(a), Some(b)) => b < a,
-                (a, _) => a.is_none(),
-            };
-            let popped = if from_flows {
-                let t = flow.map_or(0, |b| b.0);
+            // The earliest of the three queues' heads; equal times run in push order.
+            let heads = [
+                self.queue.peek().map(|Reverse((t, seq, _))| (*t, *seq)),
+                self.hops.front().map(|(t, seq, _)| (*t, *seq)),
                 self.flow_queue
+                    .peek()
+                    .map(|Reverse((tau, seq, _, _))| (self.clock.real(*tau), *seq)),
+            ];
+            let Some((which, (t, _))) = heads
+                .iter()
+                .enumerate()
+                .filter_map(|(i, h)| h.map(|h| (i, h)))
+                .min_by_key(|&(_, h)| h)
+            else {
+                break;
+            };
+            let popped = match which {
+                0 => self.queue.pop().map(|Reverse((_, _, ev))| (t, ev)),
+                1 => self.hops.pop_front().map(|(_, _, ev)| (t, ev)),
+                _ => self
+                    .flow_queue
                     .pop()
-                    .map(|Reverse((_, _, f, generation))| (t, Ev::FlowDone(f, generation)))
-            } else {
-                self.queue.pop().map(|Reverse((t, _, ev))| (t, ev))
+                    .map(|Reverse((_, _, f, generation))| (t, Ev::FlowDone(f, generation))),
             };
             let Some((t, ev)) = popped else { break };
             if t > horizon {
@@ -298,7 +306,13 @@ impl Sim {
 
     fn push(&mut self, at: u64, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Reverse((at, self.seq, ev)));
+        if at == self.now + self.half_rtt() {
+            // Every message hop has this one delay and `now` never goes back, so these events
+            // arrive in order and a FIFO keeps them sorted (most events are hops).
+            self.hops.push_back((at, self.seq, ev));
+        } else {
+            self.queue.push(Reverse((at, self.seq, ev)));
+        }
     }
 
     fn instant(&self) -> Instant {
