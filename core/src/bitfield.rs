@@ -38,6 +38,11 @@ pub struct Bitfield {
     words: Vec<u64>,
 }
 
+/// Word `i` of `b`; zero past its end (a shorter operand's missing bits count as unset).
+fn word(b: &Bitfield, i: usize) -> u64 {
+    b.words.get(i).copied().unwrap_or(0)
+}
+
 fn words_for(len: u32) -> usize {
     len.div_ceil(64) as usize
 }
@@ -144,6 +149,49 @@ impl Bitfield {
             .zip((0u32..).step_by(64))
             .flat_map(|(&w, base)| Ones { word: !w, base })
             .take_while(move |&i| i < len)
+    }
+
+    /// Indices of `self ∩ other`, ascending, without building the set (the piece pickers' hot path).
+    pub fn iter_ones_and<'a>(&'a self, other: &'a Bitfield) -> impl Iterator<Item = u32> + 'a {
+        self.words
+            .iter()
+            .enumerate()
+            .zip((0u32..).step_by(64))
+            .flat_map(|((i, &w), base)| Ones {
+                word: w & word(other, i),
+                base,
+            })
+    }
+
+    /// `|self ∩ other|`, over `self.len()` bits.
+    pub fn count_ones_and(&self, other: &Bitfield) -> u32 {
+        let mut n = 0;
+        for (i, &w) in self.words.iter().enumerate() {
+            n += (w & word(other, i)).count_ones();
+        }
+        n
+    }
+
+    /// `|self ∖ a ∖ b|`.
+    pub fn count_ones_except(&self, a: &Bitfield, b: &Bitfield) -> u32 {
+        let mut n = 0;
+        for (i, &w) in self.words.iter().enumerate() {
+            n += (w & !word(a, i) & !word(b, i)).count_ones();
+        }
+        n
+    }
+
+    /// Removes every element of `other` from `self`.
+    pub fn remove_all(&mut self, other: &Bitfield) {
+        for (w, o) in self.words.iter_mut().zip(&other.words) {
+            *w &= !o;
+        }
+    }
+
+    /// Makes `self` a copy of `other`, reusing its allocation.
+    pub fn copy_from(&mut self, other: &Bitfield) {
+        self.len = other.len;
+        self.words.clone_from(&other.words);
     }
 
     /// `self ∩ other`, over `self.len()` bits (bits `other` lacks count as unset).

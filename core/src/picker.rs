@@ -45,7 +45,7 @@ impl PiecePolicy for RarestFirst {
     ) -> Option<u32> {
         let mut best: Option<(u16, u32)> = None;
         let mut ties = 0u32;
-        for i in want.and(has).iter_ones() {
+        for i in want.iter_ones_and(has) {
             let a = avail.get(i as usize).copied().unwrap_or(0);
             match best {
                 Some((b, _)) if a > b => {}
@@ -68,7 +68,7 @@ impl PiecePolicy for RarestFirst {
 
 impl PiecePolicy for Sequential {
     fn pick(&self, want: &Bitfield, has: &Bitfield, _: &[u16], _: &mut dyn RngCore) -> Option<u32> {
-        want.and(has).iter_ones().next()
+        want.iter_ones_and(has).next()
     }
 }
 
@@ -80,13 +80,12 @@ impl PiecePolicy for Random {
         _: &[u16],
         rng: &mut dyn RngCore,
     ) -> Option<u32> {
-        let c = want.and(has);
-        let n = c.count_ones();
+        let n = want.count_ones_and(has);
         if n == 0 {
             return None;
         }
         let k = rng.gen_range(0..n) as usize;
-        let picked = c.iter_ones().nth(k);
+        let picked = want.iter_ones_and(has).nth(k);
         picked
     }
 }

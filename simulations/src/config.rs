@@ -79,6 +79,11 @@ pub struct SimConfig {
     /// Simulated time after which a run stops (nodes not done by then are reported unfinished).
     pub horizon: Duration,
     pub seed: u64,
+    /// Shared-CPU model (off when either is zero): all hosts share `cpu_cores` cores and every
+    /// GiB delivered costs `cpu_per_gib` CPU-seconds, so all flows together carry at most
+    /// `cpu_cores / cpu_per_gib` GiB/s (see `net`'s header for how rates are cut to fit).
+    pub cpu_cores: f64,
+    pub cpu_per_gib: f64,
 }
 
 impl SimConfig {
@@ -107,7 +112,15 @@ impl SimConfig {
             takeover: Duration::from_secs(15),
             horizon: Duration::from_secs(24 * 3600),
             seed: 1,
+            cpu_cores: 0.0,
+            cpu_per_gib: 0.0,
         }
+    }
+
+    /// The CPU model's cap on the sum of all flow rates, bytes per second; `None` when off.
+    pub fn cpu_cap(&self) -> Option<f64> {
+        (self.cpu_cores > 0.0 && self.cpu_per_gib > 0.0)
+            .then(|| self.cpu_cores / self.cpu_per_gib * (1u64 << 30) as f64)
     }
 
     pub fn image_bytes(&self) -> u64 {
@@ -142,6 +155,12 @@ impl SimConfig {
         if self.parallel_blobs == 0 || self.origin_streams == 0 {
             return Err(Invalid(
                 "parallel blobs and origin streams must be positive",
+            ));
+        }
+        let cpu_ok = |v: f64| v.is_finite() && v >= 0.0;
+        if !cpu_ok(self.cpu_cores) || !cpu_ok(self.cpu_per_gib) {
+            return Err(Invalid(
+                "cpu cores and cpu seconds per GiB are finite and not negative",
             ));
         }
         if let StartPattern::Rolling { fraction } = self.start {

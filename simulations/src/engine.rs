@@ -7,7 +7,7 @@
 //! the one seeded RNG, so a config and a seed give one result.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use preheat_core::bitfield::Bitfield;
@@ -86,6 +86,57 @@ struct NodeSim {
     received: u64,
 }
 
+/// Network time τ against simulated time t. Without a CPU cap they are equal. With one, every
+/// flow runs at `pace` (≤ 1) times its network rate, `pace = min(1, cap / Σ rates)`; the net
+/// model works in τ, where `dτ = pace · dt`, so a change of pace needs no rescheduling: a flow due
+/// at τ is due at `t_now + (τ - τ_now) / pace` for as long as the pace holds, and the pace only
+/// changes at events.
+#[derive(Debug)]
+struct Clock {
+    /// Bytes per second all flows together may carry; `None`: no CPU model.
+    cap: Option<f64>,
+    tau: f64,
+    /// The simulated time (ns) `tau` belongs to.
+    at: u64,
+    pace: f64,
+}
+
+impl Clock {
+    fn advance(&mut self, t: u64) {
+        if t > self.at {
+            self.tau += (t - self.at) as f64 * self.pace;
+            self.at = t;
+        }
+    }
+
+    /// τ now, whole nanoseconds.
+    fn now(&self) -> u64 {
+        // τ is non-negative and far below 2^64 ns.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let v = self.tau.round() as u64;
+        v
+    }
+
+    /// When network time `tau` comes at the current pace (never before now).
+    fn real(&self, tau: u64) -> u64 {
+        let ahead = tau as f64 - self.tau;
+        if ahead <= 0.0 {
+            return self.at;
+        }
+        // As `now`: a non-negative time well inside u64.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let dt = (ahead / self.pace).ceil() as u64;
+        self.at.saturating_add(dt)
+    }
+
+    /// The flows' total rate changed.
+    fn set_total(&mut self, total: f64) {
+        if let Some(cap) = self.cap {
+            self.pace = if total > cap { cap / total } else { 1.0 };
+        }
+    }
+}
+
 /// A simulation in progress; [`run`] is the usual entry point.
 pub struct Sim {
     cfg: SimConfig,
@@ -94,6 +145,11 @@ pub struct Sim {
     now: u64,
     seq: u64,
     queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    /// Events exactly half a round trip ahead (requests and answers on the wire), in order.
+    hops: VecDeque<(u64, u64, Ev)>,
+    /// Flow completions, keyed by network time (see [`Clock`]) and the shared sequence number.
+    flow_queue: BinaryHeap<Reverse<(u64, u64, FlowId, u64)>>,
+    clock: Clock,
     nodes: Vec<NodeSim>,
     layouts: Vec<ChunkLayout>,
     origin: u32,
@@ -161,6 +217,14 @@ impl Sim {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
+            hops: VecDeque::new(),
+            flow_queue: BinaryHeap::new(),
+            clock: Clock {
+                cap: cfg.cpu_cap(),
+                tau: 0.0,
+                at: 0,
+                pace: 1.0,
+            },
             nodes,
             layouts,
             origin,
@@ -192,10 +256,36 @@ impl Sim {
 
     pub fn run_to_end(&mut self) {
         let horizon = u64::try_from(self.cfg.horizon.as_nanos()).unwrap_or(u64::MAX);
-        while let Some(Reverse((t, _, ev))) = self.queue.pop() {
+        loop {
+            // The earliest of the three queues' heads; equal times run in push order.
+            let heads = [
+                self.queue.peek().map(|Reverse((t, seq, _))| (*t, *seq)),
+                self.hops.front().map(|(t, seq, _)| (*t, *seq)),
+                self.flow_queue
+                    .peek()
+                    .map(|Reverse((tau, seq, _, _))| (self.clock.real(*tau), *seq)),
+            ];
+            let Some((which, (t, _))) = heads
+                .iter()
+                .enumerate()
+                .filter_map(|(i, h)| h.map(|h| (i, h)))
+                .min_by_key(|&(_, h)| h)
+            else {
+                break;
+            };
+            let popped = match which {
+                0 => self.queue.pop().map(|Reverse((_, _, ev))| (t, ev)),
+                1 => self.hops.pop_front().map(|(_, _, ev)| (t, ev)),
+                _ => self
+                    .flow_queue
+                    .pop()
+                    .map(|Reverse((_, _, f, generation))| (t, Ev::FlowDone(f, generation))),
+            };
+            let Some((t, ev)) = popped else { break };
             if t > horizon {
                 break;
             }
+            self.clock.advance(t);
             self.now = t;
             self.events += 1;
             self.handle(ev);
@@ -205,13 +295,24 @@ impl Sim {
         }
     }
 
+    /// The network's clock for `Net` calls now.
+    fn net_now(&self) -> u64 {
+        self.clock.now()
+    }
+
     fn wave_done(&self) -> bool {
         self.wave + 1 >= self.waves.len()
     }
 
     fn push(&mut self, at: u64, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Reverse((at, self.seq, ev)));
+        if at == self.now + self.half_rtt() {
+            // Every message hop has this one delay and `now` never goes back, so these events
+            // arrive in order and a FIFO keeps them sorted (most events are hops).
+            self.hops.push_back((at, self.seq, ev));
+        } else {
+            self.queue.push(Reverse((at, self.seq, ev)));
+        }
     }
 
     fn instant(&self) -> Instant {

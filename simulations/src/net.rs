@@ -7,6 +7,14 @@
 //! stay above the Kumar–Ross bound. A change at one node re-rates the flows of that node and
 //! of the uploaders feeding its downloader, so an event costs O(degree²), not O(flows).
 //!
+//! Shared CPU (optional, `SimConfig::cpu_cores`/`cpu_per_gib`): when all hosts share a few
+//! cores and every byte delivered costs CPU, the sum of all flow rates is capped. Where the
+//! max-min rates above exceed the cap, every flow is slowed by the same factor
+//! `cap / Σ rates` — proportional, not a re-run of max-min with the CPU as one more shared link:
+//! a CPU-bound kernel slows every socket alike, and one factor keeps an event O(degree²). The
+//! engine applies it as a clock (network time runs at that pace), so this module never sees it;
+//! it only keeps `Σ rates` ([`Net::total_rate`]).
+//!
 //! Time is integer nanoseconds, so runs are exactly repeatable.
 
 /// Index of a flow in the slab.
@@ -49,6 +57,8 @@ pub struct Net {
     flows: Vec<Option<Flow>>,
     free: Vec<FlowId>,
     next_generation: u64,
+    /// Sum of every flow's rate (kept as rates change; the CPU model caps it).
+    total: f64,
     /// Bytes each node (and the origin, last) has sent, counting completed flows only.
     pub sent: Vec<u64>,
 }
@@ -65,7 +75,13 @@ impl Net {
             free: Vec::new(),
             sent: vec![0; links.len()],
             next_generation: 0,
+            total: 0.0,
         }
+    }
+
+    /// Sum of the rates of all flows, bytes per second.
+    pub fn total_rate(&self) -> f64 {
+        self.total.max(0.0)
     }
 
     pub fn uploads(&self, node: u32) -> usize {
@@ -136,6 +152,11 @@ impl Net {
             moved
         };
         self.sent[flow.src as usize] += moved;
+        self.total -= flow.rate;
+        if self.free.len() == self.flows.len() {
+            // Drift of the running sum ends with the last flow.
+            self.total = 0.0;
+        }
         let due = self.rerate(now, flow.src, flow.dst);
         Some((flow, due))
     }
@@ -172,6 +193,7 @@ impl Net {
             if extra > *rate * 1e-9 && extra.is_finite() {
                 *rate += extra;
                 if let Some(fl) = self.flows[*f].as_mut() {
+                    self.total += *rate - fl.rate;
                     fl.rate = *rate;
                 }
             }
@@ -232,6 +254,7 @@ impl Net {
             let elapsed = now.saturating_sub(fl.last) as f64 / 1e9;
             fl.remaining = (fl.remaining - fl.rate * elapsed).max(0.0);
             fl.last = now;
+            self.total += rate - fl.rate;
             fl.rate = rate;
             out.push((f, rate));
         }

@@ -124,6 +124,9 @@ pub struct Row {
     /// Per-host completion seconds (for the plot).
     pub completions: Vec<f64>,
     pub note: String,
+    /// Lab rows: the machine's CPU-seconds (all cores) per GiB delivered to the hosts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_per_gib: Option<f64>,
 }
 
 impl Row {
@@ -143,6 +146,7 @@ impl Row {
             speedup_vs_direct: None,
             completions,
             note: String::new(),
+            cpu_per_gib: None,
         }
     }
 

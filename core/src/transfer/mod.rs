@@ -19,7 +19,10 @@ use crate::bitfield::Bitfield;
 use crate::picker::PiecePolicy;
 use crate::ChunkLayout;
 
+mod peer_map;
 mod types;
+
+use peer_map::PeerMap;
 
 pub use types::{Action, TransferConfig, TransferError, TransferStats};
 
@@ -42,6 +45,12 @@ struct PeerState {
     failures: u32,
     /// Chunks this peer declined, and until when they are not asked of it (few: one per request).
     declined: Vec<(u32, Instant)>,
+    /// The chunks of `declined`, as a set, and its earliest expiry.
+    declined_mask: Bitfield,
+    declined_due: Option<Instant>,
+    /// `|has ∖ our have ∖ declined_mask|`: chunks this peer could be asked for (kept by every
+    /// change of the three sets, so `schedule` need not intersect bitfields per peer).
+    useful: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +66,7 @@ pub struct Transfer<P> {
     cfg: TransferConfig,
     policy: Box<dyn PiecePolicy>,
     have: Bitfield,
-    peers: BTreeMap<P, PeerState>,
+    peers: PeerMap<P, PeerState>,
     /// Survive `remove_peer`, so a reconnecting bad peer stays banned.
     bans: BTreeMap<P, Instant>,
     /// Chunk -> its outstanding requests (at most `1 + endgame_duplicates`).
@@ -69,7 +78,38 @@ pub struct Transfer<P> {
     queued: Vec<Action<P>>,
     complete_sent: bool,
     stats: TransferStats,
+    /// Reused buffers of `schedule` (a peer's chunks minus its declines; the peer order).
+    scratch: Bitfield,
+    order: Vec<Ranked<P>>,
 }
+
+/// A peer's place in `schedule`'s order: best score first, then a random draw, then the peer
+/// (the max of a heap is the next peer to ask).
+#[derive(Debug)]
+struct Ranked<P>(f64, u64, P);
+
+impl<P: Ord> Ord for Ranked<P> {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0
+            .total_cmp(&o.0)
+            .then(o.1.cmp(&self.1))
+            .then(o.2.cmp(&self.2))
+    }
+}
+
+impl<P: Ord> PartialOrd for Ranked<P> {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl<P: Ord> PartialEq for Ranked<P> {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o).is_eq()
+    }
+}
+
+impl<P: Ord> Eq for Ranked<P> {}
 
 impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
     /// A transfer of a blob cut by `layout`, of which the chunks in `have` are already stored.
@@ -108,7 +148,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             cfg,
             policy,
             have,
-            peers: BTreeMap::new(),
+            peers: PeerMap::new(),
             bans: BTreeMap::new(),
             requests: BTreeMap::new(),
             total_in_flight: 0,
@@ -116,6 +156,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             queued: Vec::new(),
             complete_sent: false,
             stats,
+            scratch: Bitfield::new(n),
+            order: Vec::new(),
         })
     }
 
@@ -137,14 +179,18 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
         for i in has.iter_ones() {
             self.availability[i as usize] = self.availability[i as usize].saturating_add(1);
         }
-        let st = self.peers.entry(peer).or_insert_with(|| PeerState {
+        let st = self.peers.get_or_insert_with(peer, || PeerState {
             has: Bitfield::new(want),
             in_flight: 0,
             score: None,
             not_before: None,
             failures: 0,
             declined: Vec::new(),
+            declined_mask: Bitfield::new(want),
+            declined_due: None,
+            useful: 0,
         });
+        st.useful = has.count_ones_except(&self.have, &st.declined_mask);
         st.has = has;
         Ok(())
     }
@@ -159,6 +205,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             if st.has.set(chunk) {
                 let a = &mut self.availability[chunk as usize];
                 *a = a.saturating_add(1);
+                if !self.have.get(chunk) && !st.declined_mask.get(chunk) {
+                    st.useful += 1;
+                }
             }
         }
         Ok(())
@@ -205,6 +254,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
         if !self.have.set(chunk) {
             self.stats.duplicates += 1;
             return;
+        }
+        for st in self.peers.values_mut() {
+            if st.has.get(chunk) && !st.declined_mask.get(chunk) {
+                st.useful -= 1;
+            }
         }
         self.stats.chunks_ok += 1;
         self.stats.chunks_have += 1;
@@ -273,6 +327,10 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
                 let until = now + self.cfg.decline_backoff;
                 st.declined.retain(|(c, _)| *c != chunk);
                 st.declined.push((chunk, until));
+                if st.declined_mask.set(chunk) && st.has.get(chunk) && !self.have.get(chunk) {
+                    st.useful -= 1;
+                }
+                st.declined_due = st.declined.iter().map(|(_, t)| *t).min();
             }
         }
     }
@@ -285,7 +343,18 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             if st.not_before.is_some_and(|t| t <= now) {
                 st.not_before = None;
             }
-            st.declined.retain(|(_, t)| *t > now);
+            if st.declined_due.is_some_and(|t| t <= now) {
+                let (mask, has, have) = (&mut st.declined_mask, &st.has, &self.have);
+                let useful = &mut st.useful;
+                st.declined.retain(|&(c, t)| {
+                    let keep = t > now;
+                    if !keep && mask.clear(c) && has.get(c) && !have.get(c) {
+                        *useful += 1;
+                    }
+                    keep
+                });
+                st.declined_due = st.declined.iter().map(|(_, t)| *t).min();
+            }
         }
         let timeout = self.cfg.chunk_timeout;
         let expired: Vec<(P, u32)> = self
@@ -324,10 +393,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             .flatten()
             .map(|r| r.sent + self.cfg.chunk_timeout);
         let backoffs = self.peers.values().filter_map(|s| s.not_before);
-        let declines = self
-            .peers
-            .values()
-            .flat_map(|s| s.declined.iter().map(|(_, t)| *t));
+        let declines = self.peers.values().filter_map(|s| s.declined_due);
         let bans = self
             .bans
             .iter()
@@ -398,27 +464,52 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
 
     /// Hands out requests to eligible peers, best score first, until slots or chunks run out.
     fn schedule<R: Rng>(&mut self, now: Instant, rng: &mut R) {
-        let n = self.layout.count();
-        let mut in_flight = Bitfield::new(n);
-        for &c in self.requests.keys() {
-            in_flight.set(c);
-        }
-        let mut want = self.have.not().andnot(&in_flight);
         let neutral = self.neutral_score();
         let per_peer = self.cfg.max_in_flight_per_peer;
-        let mut order: Vec<(f64, u64, P)> = self
-            .peers
-            .iter()
-            .filter(|(p, s)| {
-                !self.bans.contains_key(p)
-                    && s.not_before.is_none_or(|t| t <= now)
-                    && s.in_flight < per_peer
-            })
-            .map(|(p, s)| (s.score.unwrap_or(neutral), rng.next_u64(), *p))
-            .collect();
-        order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let rng: &mut dyn RngCore = rng;
-        for (_, _, peer) in order {
+        let mut order = std::mem::take(&mut self.order);
+        order.clear();
+        // Every eligible peer draws its tie-breaker, also when no slot is free; peers without a
+        // chunk we miss (declines aside) could get no request, so only the others are ranked.
+        let free = self.total_in_flight < self.cfg.max_in_flight_total;
+        for (p, s) in self.peers.iter() {
+            if self.bans.contains_key(p)
+                || s.not_before.is_some_and(|t| t > now)
+                || s.in_flight >= per_peer
+            {
+                continue;
+            }
+            let draw = rng.next_u64();
+            debug_assert_eq!(
+                s.useful,
+                s.has.count_ones_except(&self.have, &s.declined_mask)
+            );
+            if free && s.useful > 0 {
+                order.push(Ranked(s.score.unwrap_or(neutral), draw, *p));
+            }
+        }
+        if order.is_empty() {
+            self.order = order;
+            return;
+        }
+        let mut want = self.have.not();
+        for &c in self.requests.keys() {
+            want.clear(c);
+        }
+        let mut order = std::collections::BinaryHeap::from(order);
+        self.schedule_in_order(now, want, &mut order, rng);
+        self.order = order.into_vec();
+    }
+
+    /// `schedule`'s loop: peers best first (popped lazily, as few slots are usually free).
+    fn schedule_in_order(
+        &mut self,
+        now: Instant,
+        mut want: Bitfield,
+        order: &mut std::collections::BinaryHeap<Ranked<P>>,
+        rng: &mut dyn RngCore,
+    ) {
+        let per_peer = self.cfg.max_in_flight_per_peer;
+        while let Some(Ranked(_, _, peer)) = order.pop() {
             loop {
                 if self.total_in_flight >= self.cfg.max_in_flight_total {
                     return;
@@ -429,16 +520,12 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
                 if st.in_flight >= per_peer {
                     break;
                 }
-                let declined;
                 let has = if st.declined.is_empty() {
                     &st.has
                 } else {
-                    let mut h = st.has.clone();
-                    for &(c, _) in &st.declined {
-                        h.clear(c);
-                    }
-                    declined = h;
-                    &declined
+                    self.scratch.copy_from(&st.has);
+                    self.scratch.remove_all(&st.declined_mask);
+                    &self.scratch
                 };
                 let chunk = if want.is_clear() {
                     self.endgame_pick(peer, has)

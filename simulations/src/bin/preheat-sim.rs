@@ -68,6 +68,12 @@ struct Args {
     /// Kill one other node at this time.
     #[arg(long, env = "SIM_KILL_NODE_AT", value_parser = parse_duration)]
     kill_node_at: Option<Duration>,
+    /// Shared-CPU model: cores all hosts share (0: no CPU model, the network alone).
+    #[arg(long, env = "SIM_CPU_CORES", default_value_t = 0.0)]
+    cpu_cores: f64,
+    /// Shared-CPU model: CPU-seconds each GiB delivered costs (0: no CPU model).
+    #[arg(long, env = "SIM_CPU_PER_GIB", default_value_t = 0.0)]
+    cpu_per_gib: f64,
     /// Random seed.
     #[arg(long, env = "SIM_SEED", default_value_t = 1)]
     seed: u64,
@@ -138,6 +144,8 @@ fn main() -> ExitCode {
     cfg.resend_after = args.resend_after;
     cfg.transfer.decline_backoff = args.decline_backoff;
     cfg.seed = args.seed;
+    cfg.cpu_cores = args.cpu_cores;
+    cfg.cpu_per_gib = args.cpu_per_gib;
     if let Some(fraction) = args.rolling {
         cfg.start = StartPattern::Rolling { fraction };
     }

@@ -34,19 +34,23 @@ impl Sim {
         let bytes = u64::from(self.layouts[usize::from(r.blob)].len(r.chunk));
         let (f, due) = self
             .net
-            .start(self.now, r.src, r.dst, r.blob, r.chunk, bytes);
+            .start(self.net_now(), r.src, r.dst, r.blob, r.chunk, bytes);
         self.reqs.insert(r, ReqState::Flowing(f));
         self.schedule(due);
     }
 
+    /// Queues flow completions (in network time) and takes the new total rate's pace.
     pub(super) fn schedule(&mut self, due: Vec<Due>) {
         for (f, generation, at) in due {
-            self.push(at, Ev::FlowDone(f, generation));
+            self.seq += 1;
+            self.flow_queue
+                .push(std::cmp::Reverse((at, self.seq, f, generation)));
         }
+        self.clock.set_total(self.net.total_rate());
     }
 
     pub(super) fn end_flow(&mut self, f: FlowId, completed: bool) -> Option<Flow> {
-        let (flow, due) = self.net.finish(self.now, f, completed)?;
+        let (flow, due) = self.net.finish(self.net_now(), f, completed)?;
         if let Some(g) = self.gates.get_mut(flow.src as usize) {
             g.finished(flow.blob, flow.chunk);
         }

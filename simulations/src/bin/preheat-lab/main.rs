@@ -6,6 +6,7 @@
 //! Namespaces and processes are removed on exit, also after a failure; `preheat-lab cleanup`
 //! removes what a killed run left behind.
 
+mod cpu;
 mod loopback;
 mod preheat;
 mod scenarios;
@@ -141,6 +142,7 @@ fn row(name: &str, m: &Measured, bound: f64) -> Row {
     let finished: Vec<f64> = m.completions.iter().flatten().copied().collect();
     let missing = m.completions.len() - finished.len();
     let mut r = Row::new(name, finished, Some(m.origin_bytes), bound).with_note(m.note.clone());
+    r.cpu_per_gib = m.cpu_per_gib;
     if missing > 0 {
         r.p100 = None;
         r.ratio_to_bound = None;
@@ -209,10 +211,14 @@ fn run_profile(
             },
         ),
     ];
+    let mut rolling_cpu = None;
     for (name, plan) in plans {
         if want(name) {
             eprintln!("== {}: (e) {}", p.name, plan.label());
             let m = preheat::run(&env, &a.bin, a.scenario_timeout, plan)?;
+            if name == "rolling" {
+                rolling_cpu = m.measured.cpu_per_gib;
+            }
             rows.push(row(&m.label, &m.measured, b));
         }
     }
@@ -228,15 +234,43 @@ fn run_profile(
     }
     drop(env);
     let sim = preheat_simulations::run(&cfg)?;
-    let mut sim_row = Row::new(
-        "image-preheat, simulator",
+    let net_row = Row::new(
+        "image-preheat, simulator (network only)",
         sim.completions(),
         Some(sim.origin_bytes),
         b,
     )
-    .with_note("same links and blobs, production protocol defaults");
-    sim_row.completions = sim.completions();
-    rows.push(sim_row.clone());
+    .with_note("same links and blobs, production protocol defaults, CPU not modelled");
+    rows.push(net_row.clone());
+    // The shared-CPU model, calibrated on the rolling scenario (not on (a), which it predicts).
+    let own_a = measured_a.and_then(|i| rows[i].cpu_per_gib);
+    let calibration = rolling_cpu.map(|c| (c, "rolling")).or(own_a.map(|c| {
+        (
+            c,
+            "(a) itself: rolling not run, so not an independent check",
+        )
+    }));
+    let cpu_row = match calibration {
+        Some((per_gib, from)) => {
+            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+            let mut c = cfg.clone();
+            c.cpu_cores = cores as f64;
+            c.cpu_per_gib = per_gib;
+            let sim = preheat_simulations::run(&c)?;
+            let r = Row::new(
+                "image-preheat, simulator (shared CPU)",
+                sim.completions(),
+                Some(sim.origin_bytes),
+                b,
+            )
+            .with_note(format!(
+                "as network only, plus {cores} cores shared by all hosts at {per_gib:.1} CPU-s per GiB (measured in {from})"
+            ));
+            rows.push(r.clone());
+            Some((r, per_gib, from))
+        }
+        None => None,
+    };
     let mut bound_row = Row::new("Kumar–Ross bound", vec![b; p.hosts], None, b);
     bound_row.p50 = None;
     bound_row.note = format!(
@@ -249,10 +283,22 @@ fn run_profile(
     let fidelity = measured_a.map(|i| {
         let lab = &rows[i];
         let err = |s: Option<f64>, l: Option<f64>| s.zip(l).map(|(s, l)| (s - l) / l);
+        // The headline error is the CPU model's when it ran, else the network-only one.
+        let (best, per_gib, from) = match &cpu_row {
+            Some((r, per_gib, from)) => (r, Some(*per_gib), Some(*from)),
+            None => (&net_row, None, None),
+        };
         json!({
             "labScenario": lab.scenario,
-            "p50Error": err(sim_row.p50, lab.p50),
-            "p100Error": err(sim_row.p100, lab.p100),
+            "simulatorScenario": best.scenario,
+            "p50Error": err(best.p50, lab.p50),
+            "p100Error": err(best.p100, lab.p100),
+            "cpuPerGib": per_gib,
+            "cpuCalibratedOn": from,
+            "networkOnly": {
+                "p50Error": err(net_row.p50, lab.p50),
+                "p100Error": err(net_row.p100, lab.p100),
+            },
         })
     });
     let payload: u64 = blobs.iter().sum();
@@ -268,10 +314,13 @@ fn run_profile(
     let mut md = report::markdown(&title, &rows, payload);
     if let Some(f) = &fidelity {
         md.push_str(&format!(
-            "\nSimulator vs lab ({}): p50 error {}, p100 error {}\n",
+            "\nSimulator vs lab ({}): {}: p50 error {}, p100 error {}; network only: p50 error {}, p100 error {}\n",
             f["labScenario"].as_str().unwrap_or_default(),
+            f["simulatorScenario"].as_str().unwrap_or_default(),
             pct(&f["p50Error"]),
-            pct(&f["p100Error"])
+            pct(&f["p100Error"]),
+            pct(&f["networkOnly"]["p50Error"]),
+            pct(&f["networkOnly"]["p100Error"])
         ));
     }
     let slug = p.name.replace(' ', "-");

@@ -135,6 +135,7 @@ pub fn run(env: &Env, bin: &Path, bound: Duration, plan: Plan) -> Result<Preheat
         Plan::Rolling(f) => ((n as f64 * f).ceil() as usize).clamp(1, n),
         _ => n,
     };
+    let cpu_before = crate::cpu::busy_seconds();
     let start = Instant::now();
     let mut started: Vec<Option<f64>> = vec![None; n];
     let mut completions: Vec<Option<f64>> = vec![None; n];
@@ -207,6 +208,10 @@ pub fn run(env: &Env, bin: &Path, bound: Duration, plan: Plan) -> Result<Preheat
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let cpu_busy = crate::cpu::busy_seconds()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+    let wall = start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(300));
     let origin_bytes = env.origin_body_bytes()? - before;
     for (i, c) in completions.iter().enumerate() {
@@ -225,6 +230,9 @@ pub fn run(env: &Env, bin: &Path, bound: Duration, plan: Plan) -> Result<Preheat
     if let Some(k) = killed {
         completions.remove(k);
     }
+    let image: u64 = env.image.blobs().iter().map(|b| b.1).sum();
+    let delivered = image * completions.iter().flatten().count() as u64;
+    let cpu_per_gib = cpu_busy.and_then(|b| crate::cpu::per_gib(b, delivered));
     let mut note = format!(
         "coordination-free election (LEASE=none); agents reported {} MiB from the registry",
         registry_bytes >> 20
@@ -241,12 +249,20 @@ pub fn run(env: &Env, bin: &Path, bound: Duration, plan: Plan) -> Result<Preheat
         )),
         _ => {}
     }
+    if let (Some(per_gib), Some(busy)) = (cpu_per_gib, cpu_busy) {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        note.push_str(&format!(
+            "; CPU {per_gib:.1} s per GiB delivered ({busy:.0} CPU-s, {:.0}% of {cores} cores)",
+            100.0 * busy / (wall * cores as f64)
+        ));
+    }
     Ok(PreheatRun {
         label: plan.label(),
         measured: Measured {
             completions,
             origin_bytes,
             note,
+            cpu_per_gib,
         },
     })
 }

@@ -19,6 +19,8 @@ pub struct Measured {
     pub completions: Vec<Option<f64>>,
     pub origin_bytes: u64,
     pub note: String,
+    /// CPU-seconds (all cores) per GiB delivered, where measured.
+    pub cpu_per_gib: Option<f64>,
 }
 
 /// Waits for every process to exit (at most `bound` after `start`); completion = exit time, or
@@ -86,6 +88,7 @@ pub fn registry_direct(env: &Env, bound: Duration) -> Result<Measured> {
         completions,
         origin_bytes,
         note: "skopeo copy, all hosts at once".into(),
+        cpu_per_gib: None,
     })
 }
 
@@ -210,6 +213,7 @@ pub fn bittorrent(env: &Env, bound: Duration) -> Result<Measured> {
         origin_bytes,
         note: "aria2c 1.36 + opentracker (whitelist), 1 MiB pieces; origin bytes on the wire"
             .into(),
+        cpu_per_gib: None,
     })
 }
 
