@@ -21,6 +21,16 @@ pub fn busy_seconds() -> Option<f64> {
     Some(busy as f64 / ticks_per_second())
 }
 
+/// Busy CPU-seconds per second while nothing is transferred (the agents' and the machine's
+/// background), sampled over `over`; subtracted so a scenario's figure is the marginal cost of moving
+/// bytes, comparable between scenarios of different lengths (rolling waits between waves).
+pub fn idle_rate(over: std::time::Duration) -> Option<f64> {
+    let a = busy_seconds()?;
+    std::thread::sleep(over);
+    let b = busy_seconds()?;
+    Some(((b - a) / over.as_secs_f64()).max(0.0))
+}
+
 /// USER_HZ (`getconf CLK_TCK`), 100 on Linux unless it says otherwise.
 fn ticks_per_second() -> f64 {
     Command::new("getconf")

@@ -135,6 +135,7 @@ pub fn run(env: &Env, bin: &Path, bound: Duration, plan: Plan) -> Result<Preheat
         Plan::Rolling(f) => ((n as f64 * f).ceil() as usize).clamp(1, n),
         _ => n,
     };
+    let idle = crate::cpu::idle_rate(Duration::from_secs(2));
     let cpu_before = crate::cpu::busy_seconds();
     let start = Instant::now();
     let mut started: Vec<Option<f64>> = vec![None; n];
@@ -208,10 +209,11 @@ pub fn run(env: &Env, bin: &Path, bound: Duration, plan: Plan) -> Result<Preheat
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let wall = start.elapsed().as_secs_f64();
     let cpu_busy = crate::cpu::busy_seconds()
         .zip(cpu_before)
-        .map(|(after, before)| after - before);
-    let wall = start.elapsed().as_secs_f64();
+        .map(|(after, before)| after - before - idle.unwrap_or(0.0) * wall)
+        .map(|b| b.max(0.0));
     std::thread::sleep(Duration::from_millis(300));
     let origin_bytes = env.origin_body_bytes()? - before;
     for (i, c) in completions.iter().enumerate() {
@@ -252,7 +254,8 @@ pub fn run(env: &Env, bin: &Path, bound: Duration, plan: Plan) -> Result<Preheat
     if let (Some(per_gib), Some(busy)) = (cpu_per_gib, cpu_busy) {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         note.push_str(&format!(
-            "; CPU {per_gib:.1} s per GiB delivered ({busy:.0} CPU-s, {:.0}% of {cores} cores)",
+            "; CPU {per_gib:.1} s per GiB delivered ({busy:.0} CPU-s above the idle {:.2} CPU-s/s, {:.0}% of {cores} cores)",
+            idle.unwrap_or(0.0),
             100.0 * busy / (wall * cores as f64)
         ));
     }
