@@ -62,7 +62,7 @@ mod tests {
                 prop_assert!(w[0].end < w[1].start, "ordered, disjoint, not adjacent");
             }
             for (i, d) in done.iter().enumerate() {
-                let i = i as u32;
+                let i = u32::try_from(i).unwrap();
                 if !d {
                     prop_assert!(runs.iter().any(|r| r.contains(&i)));
                 }
