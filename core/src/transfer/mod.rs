@@ -53,6 +53,42 @@ struct PeerState {
     useful: u32,
 }
 
+impl PeerState {
+    /// When this peer's earliest backoff or decline ends.
+    fn due(&self) -> Option<Instant> {
+        match (self.not_before, self.declined_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// A bound on when the next peer backoff or decline ends, so `poll` and `next_deadline` skip the
+/// scan of every peer while none does (most calls).
+#[derive(Debug, Clone, Copy)]
+struct Expiry {
+    /// At or before every peer's `due()`; `None`: no peer has one.
+    at: Option<Instant>,
+    /// `at` is the earliest `due()` itself, not only a bound.
+    exact: bool,
+}
+
+impl Expiry {
+    /// A peer's `due()` went from `old` to `new`.
+    fn update(&mut self, old: Option<Instant>, new: Option<Instant>) {
+        if old == new {
+            return;
+        }
+        match new {
+            // Below the bound: the new earliest (an exact bound stays exact).
+            Some(n) if self.at.is_none_or(|a| n < a) => self.at = Some(n),
+            // This peer may have held the earliest one.
+            _ if old.is_some() && old == self.at => self.exact = false,
+            _ => {}
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Outstanding<P> {
     peer: P,
@@ -81,6 +117,7 @@ pub struct Transfer<P> {
     /// Reused buffers of `schedule` (a peer's chunks minus its declines; the peer order).
     scratch: Bitfield,
     order: Vec<Ranked<P>>,
+    expiry: Expiry,
 }
 
 /// A peer's place in `schedule`'s order: best score first, then a random draw, then the peer
@@ -158,6 +195,10 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             stats,
             scratch: Bitfield::new(n),
             order: Vec::new(),
+            expiry: Expiry {
+                at: None,
+                exact: true,
+            },
         })
     }
 
@@ -218,6 +259,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
         let Some(st) = self.peers.remove(&peer) else {
             return;
         };
+        self.expiry.update(st.due(), None);
         self.queued
             .retain(|a| !matches!(a, Action::Cancel { peer: p, .. } if *p == peer));
         for i in st.has.iter_ones() {
@@ -312,8 +354,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
         if self.take_request(peer, chunk).is_some() {
             self.stats.busy += 1;
             if let Some(st) = self.peers.get_mut(&peer) {
-                let until = now + self.cfg.busy_backoff;
+                let (old, until) = (st.due(), now + self.cfg.busy_backoff);
                 st.not_before = Some(st.not_before.map_or(until, |t| t.max(until)));
+                self.expiry.update(old, st.due());
             }
         }
     }
@@ -324,13 +367,14 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
         if self.take_request(peer, chunk).is_some() {
             self.stats.declined += 1;
             if let Some(st) = self.peers.get_mut(&peer) {
-                let until = now + self.cfg.decline_backoff;
+                let (old, until) = (st.due(), now + self.cfg.decline_backoff);
                 st.declined.retain(|(c, _)| *c != chunk);
                 st.declined.push((chunk, until));
                 if st.declined_mask.set(chunk) && st.has.get(chunk) && !self.have.get(chunk) {
                     st.useful -= 1;
                 }
                 st.declined_due = st.declined.iter().map(|(_, t)| *t).min();
+                self.expiry.update(old, st.due());
             }
         }
     }
@@ -339,23 +383,6 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
     /// every action due. Call after each event and at [`Transfer::next_deadline`].
     pub fn poll<R: Rng>(&mut self, now: Instant, rng: &mut R) -> Vec<Action<P>> {
         self.bans.retain(|_, until| *until > now);
-        for st in self.peers.values_mut() {
-            if st.not_before.is_some_and(|t| t <= now) {
-                st.not_before = None;
-            }
-            if st.declined_due.is_some_and(|t| t <= now) {
-                let (mask, has, have) = (&mut st.declined_mask, &st.has, &self.have);
-                let useful = &mut st.useful;
-                st.declined.retain(|&(c, t)| {
-                    let keep = t > now;
-                    if !keep && mask.clear(c) && has.get(c) && !have.get(c) {
-                        *useful += 1;
-                    }
-                    keep
-                });
-                st.declined_due = st.declined.iter().map(|(_, t)| *t).min();
-            }
-        }
         let timeout = self.cfg.chunk_timeout;
         let expired: Vec<(P, u32)> = self
             .requests
@@ -378,7 +405,38 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
         } else {
             self.schedule(now, rng);
         }
+        debug_assert!(self.expiry_holds());
         std::mem::take(&mut self.queued)
+    }
+
+    /// Ends the backoff and the declines of one peer that are due at `now`.
+    fn expire_peer(st: &mut PeerState, have: &Bitfield, now: Instant) {
+        if st.not_before.is_some_and(|t| t <= now) {
+            st.not_before = None;
+        }
+        if st.declined_due.is_some_and(|t| t <= now) {
+            let (mask, has) = (&mut st.declined_mask, &st.has);
+            let useful = &mut st.useful;
+            st.declined.retain(|&(c, t)| {
+                let keep = t > now;
+                if !keep && mask.clear(c) && has.get(c) && !have.get(c) {
+                    *useful += 1;
+                }
+                keep
+            });
+            st.declined_due = st.declined.iter().map(|(_, t)| *t).min();
+        }
+    }
+
+    /// `expiry` bounds every peer's `due()` (and is their minimum when exact).
+    fn expiry_holds(&self) -> bool {
+        let min = self.peers.values().filter_map(PeerState::due).min();
+        let bound = self
+            .peers
+            .values()
+            .filter_map(PeerState::due)
+            .all(|d| self.expiry.at.is_some_and(|a| a <= d));
+        bound && (!self.expiry.exact || min == self.expiry.at)
     }
 
     /// The earliest instant at which `poll` has something new to do without an event (a request
@@ -392,14 +450,18 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             .values()
             .flatten()
             .map(|r| r.sent + self.cfg.chunk_timeout);
-        let backoffs = self.peers.values().filter_map(|s| s.not_before);
-        let declines = self.peers.values().filter_map(|s| s.declined_due);
+        let scan = (!self.expiry.exact).then(|| self.peers.values().filter_map(PeerState::due));
+        let backoffs = self.expiry.at.filter(|_| self.expiry.exact);
         let bans = self
             .bans
             .iter()
             .filter(|(p, _)| self.peers.contains_key(p))
             .map(|(_, &t)| t);
-        timeouts.chain(backoffs).chain(declines).chain(bans).min()
+        timeouts
+            .chain(backoffs)
+            .chain(scan.into_iter().flatten())
+            .chain(bans)
+            .min()
     }
 
     pub fn is_complete(&self) -> bool {
@@ -427,6 +489,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
 
     pub fn in_flight_count(&self) -> u32 {
         self.total_in_flight
+    }
+
+    /// Requests outstanding at `peer` (0 for an unknown peer).
+    pub fn in_flight_to(&self, peer: &P) -> u32 {
+        self.peers.get(peer).map_or(0, |s| s.in_flight)
     }
 
     /// Connected peers, ascending.
@@ -462,29 +529,53 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
         }
     }
 
-    /// Hands out requests to eligible peers, best score first, until slots or chunks run out.
+    /// Ends the backoffs and declines due, then hands out requests to eligible peers, best score
+    /// first, until slots or chunks run out. One pass over the peers does both (and finds the
+    /// neutral score), and none is made while no slot is free and nothing is due.
     fn schedule<R: Rng>(&mut self, now: Instant, rng: &mut R) {
-        let neutral = self.neutral_score();
+        let free = self.total_in_flight < self.cfg.max_in_flight_total;
+        let due = !self.expiry.exact || self.expiry.at.is_some_and(|t| t <= now);
+        if !free && !due {
+            return;
+        }
         let per_peer = self.cfg.max_in_flight_per_peer;
         let mut order = std::mem::take(&mut self.order);
         order.clear();
-        // Every eligible peer draws its tie-breaker, also when no slot is free; peers without a
-        // chunk we miss (declines aside) could get no request, so only the others are ranked.
-        let free = self.total_in_flight < self.cfg.max_in_flight_total;
-        for (p, s) in self.peers.iter() {
-            if self.bans.contains_key(p)
-                || s.not_before.is_some_and(|t| t > now)
-                || s.in_flight >= per_peer
-            {
-                continue;
+        let (mut next_due, mut neutral) = (None::<Instant>, 0.0f64);
+        for (p, st) in self.peers.iter_mut() {
+            if due {
+                Self::expire_peer(st, &self.have, now);
+                if let Some(d) = st.due() {
+                    next_due = Some(next_due.map_or(d, |a| a.min(d)));
+                }
             }
-            let draw = rng.next_u64();
             debug_assert_eq!(
-                s.useful,
-                s.has.count_ones_except(&self.have, &s.declined_mask)
+                st.useful,
+                st.has.count_ones_except(&self.have, &st.declined_mask)
             );
-            if free && s.useful > 0 {
-                order.push(Ranked(s.score.unwrap_or(neutral), draw, *p));
+            if let Some(s) = st.score {
+                neutral = neutral.max(s);
+            }
+            // Only peers with a chunk we miss (declines aside) could get a request; each draws
+            // its random tie-breaker. Unsampled peers get the neutral score below.
+            if free
+                && st.useful > 0
+                && st.in_flight < per_peer
+                && st.not_before.is_none_or(|t| t <= now)
+                && !self.bans.contains_key(p)
+            {
+                order.push(Ranked(st.score.unwrap_or(f64::NAN), rng.next_u64(), *p));
+            }
+        }
+        if due {
+            self.expiry = Expiry {
+                at: next_due,
+                exact: true,
+            };
+        }
+        for r in &mut order {
+            if r.0.is_nan() {
+                r.0 = neutral;
             }
         }
         if order.is_empty() {
@@ -595,8 +686,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             st.score = Some(st.score.unwrap_or(neutral) * 0.5);
             st.failures = st.failures.saturating_add(1);
             let backoff = base.saturating_mul(1 << (st.failures - 1).min(16)).min(cap);
-            let until = now + backoff;
+            let (old, until) = (st.due(), now + backoff);
             st.not_before = Some(st.not_before.map_or(until, |t| t.max(until)));
+            self.expiry.update(old, st.due());
         }
     }
 

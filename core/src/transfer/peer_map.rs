@@ -66,8 +66,13 @@ impl<K: Ord + Copy, V> PeerMap<K, V> {
         self.vals.iter_mut()
     }
 
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
         self.keys.iter().zip(&self.vals)
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> + '_ {
+        self.keys.iter().zip(&mut self.vals)
     }
 }
 
@@ -86,8 +91,10 @@ mod tests {
             for (op, k, v) in ops {
                 match op {
                     0 => {
-                        *m.get_or_insert_with(k, || v) += 1;
-                        *b.entry(k).or_insert(v) += 1;
+                        let e = m.get_or_insert_with(k, || v);
+                        *e = e.wrapping_add(1);
+                        let e = b.entry(k).or_insert(v);
+                        *e = e.wrapping_add(1);
                     }
                     1 => prop_assert_eq!(m.remove(&k), b.remove(&k)),
                     _ => prop_assert_eq!(m.get(&k), b.get(&k)),

@@ -124,9 +124,7 @@ impl Sim {
             let useful = !busy
                 && !t.have().get(c)
                 && t.in_flight_count() < max
-                && u32::try_from(t.in_flight().filter(|(p, _)| *p == n).count())
-                    .unwrap_or(u32::MAX)
-                    < per_peer;
+                && t.in_flight_to(&n) < per_peer;
             if useful {
                 self.drive(s, b);
             }
