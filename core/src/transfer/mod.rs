@@ -366,16 +366,21 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
     pub fn on_declined(&mut self, peer: P, chunk: u32, now: Instant) {
         if self.take_request(peer, chunk).is_some() {
             self.stats.declined += 1;
-            if let Some(st) = self.peers.get_mut(&peer) {
-                let (old, until) = (st.due(), now + self.cfg.decline_backoff);
-                st.declined.retain(|(c, _)| *c != chunk);
-                st.declined.push((chunk, until));
-                if st.declined_mask.set(chunk) && st.has.get(chunk) && !self.have.get(chunk) {
-                    st.useful -= 1;
-                }
-                st.declined_due = st.declined.iter().map(|(_, t)| *t).min();
-                self.expiry.update(old, st.due());
+            self.mark_declined(peer, chunk, now);
+        }
+    }
+
+    /// `chunk` is not asked of `peer` for `decline_backoff`.
+    fn mark_declined(&mut self, peer: P, chunk: u32, now: Instant) {
+        if let Some(st) = self.peers.get_mut(&peer) {
+            let (old, until) = (st.due(), now + self.cfg.decline_backoff);
+            st.declined.retain(|(c, _)| *c != chunk);
+            st.declined.push((chunk, until));
+            if st.declined_mask.set(chunk) && st.has.get(chunk) && !self.have.get(chunk) {
+                st.useful -= 1;
             }
+            st.declined_due = st.declined.iter().map(|(_, t)| *t).min();
+            self.expiry.update(old, st.due());
         }
     }
 
@@ -491,6 +496,37 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
         self.total_in_flight
     }
 
+    /// Whether `peer` announcing `chunk` could let `poll` at `now` make a request it could not
+    /// make before (a driver may skip the poll otherwise): a chunk we miss, not yet requested
+    /// (or in endgame, below the duplicate limit and not asked of `peer`), not declined by
+    /// `peer`, which is connected, not banned, not backed off and below its request limit, with
+    /// a request slot free.
+    pub fn could_use(&self, peer: &P, chunk: u32, now: Instant) -> bool {
+        let Some(st) = self.peers.get(peer) else {
+            return false;
+        };
+        if chunk >= self.layout.count()
+            || self.have.get(chunk)
+            || self.total_in_flight >= self.cfg.max_in_flight_total
+            || st.in_flight >= self.cfg.max_in_flight_per_peer
+            || st.not_before.is_some_and(|t| t > now)
+            || st.declined_mask.get(chunk)
+            || self.bans.get(peer).is_some_and(|&t| t > now)
+        {
+            return false;
+        }
+        match self.requests.get(&chunk) {
+            None => true,
+            Some(reqs) => {
+                let endgame = self.requests.len() as u64 + u64::from(self.stats.chunks_have)
+                    >= u64::from(self.layout.count());
+                endgame
+                    && reqs.len() < 1 + self.cfg.endgame_duplicates as usize
+                    && reqs.iter().all(|r| r.peer != *peer)
+            }
+        }
+    }
+
     /// Requests outstanding at `peer` (0 for an unknown peer).
     pub fn in_flight_to(&self, peer: &P) -> u32 {
         self.peers.get(peer).map_or(0, |s| s.in_flight)
@@ -587,23 +623,30 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
             want.clear(c);
         }
         let mut order = std::collections::BinaryHeap::from(order);
-        self.schedule_in_order(now, want, &mut order, rng);
+        let entered_endgame = self.schedule_in_order(now, want, &mut order, rng);
         self.order = order.into_vec();
+        // Peers ranked before the last unrequested chunk went out may now take endgame
+        // duplicates: one more pass (it starts in endgame, so it does not come back here).
+        if entered_endgame && self.total_in_flight < self.cfg.max_in_flight_total {
+            self.schedule(now, rng);
+        }
     }
 
     /// `schedule`'s loop: peers best first (popped lazily, as few slots are usually free).
+    /// Returns whether the last unrequested chunk went out during it (endgame began).
     fn schedule_in_order(
         &mut self,
         now: Instant,
         mut want: Bitfield,
         order: &mut std::collections::BinaryHeap<Ranked<P>>,
         rng: &mut dyn RngCore,
-    ) {
+    ) -> bool {
         let per_peer = self.cfg.max_in_flight_per_peer;
+        let started_clear = want.is_clear();
         while let Some(Ranked(_, _, peer)) = order.pop() {
             loop {
                 if self.total_in_flight >= self.cfg.max_in_flight_total {
-                    return;
+                    return !started_clear && want.is_clear();
                 }
                 let Some(st) = self.peers.get(&peer) else {
                     break;
@@ -640,6 +683,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Transfer<P> {
                 self.queued.push(Action::Request { peer, chunk });
             }
         }
+        !started_clear && want.is_clear()
     }
 
     /// Endgame: a chunk already in flight elsewhere, not yet asked of `peer`, below the duplicate

@@ -83,7 +83,15 @@ proptest! {
             match op {
                 Op::Add(p, b) => t.add_peer(p, Bitfield::from_bools(&b)).unwrap(),
                 Op::Remove(p) => { t.remove_peer(p); chk.peer_gone(p); }
-                Op::Have(p, c) => t.peer_have(p, c).unwrap(),
+                Op::Have(p, c) => {
+                    t.peer_have(p, c).unwrap();
+                    // A `Have` that `could_use` calls useless lets no new request out.
+                    if !t.could_use(&p, c, now) {
+                        let acts = t.poll(now, &mut rng);
+                        prop_assert!(requests(&acts).is_empty(), "{:?} after a useless have", acts);
+                        chk.apply(&t, &acts);
+                    }
+                }
                 Op::Advance(d) => now += ms(d),
                 Op::Ok(i) => if let Some((p, c)) = pick(&chk, i) { t.on_chunk_ok(p, c, 100, now); chk.answered(p, c); },
                 Op::Bad(i) => if let Some((p, c)) = pick(&chk, i) { t.on_chunk_bad(p, c, now); chk.answered(p, c); },

@@ -7,9 +7,14 @@
 //! chunks (the registry puller) for the same chunk, and its upload carries the same bytes many
 //! times over while the downloaders' uploads idle. A decline costs the downloader one round trip;
 //! it then asks elsewhere or for another chunk ([`crate::transfer::Transfer::on_declined`]).
+//! [`UploadQueue`] lets such requests, and those finding no free slot, wait a while first.
 //!
 //! Bounded: at most [`MAX_TRACKED_BLOBS`] blobs are tracked; the least recently asked one is
 //! forgotten first (it is then served as if never sent).
+
+mod queue;
+
+pub use queue::{Answer, UploadQueue, MAX_WAITING};
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -26,13 +31,20 @@ pub struct UploadConfig {
     /// A chunk is not sent again (declined) while it is being sent, nor this long after a send
     /// started. Zero turns super-seeding off.
     pub resend_after: Duration,
+    /// How long a request that cannot be served now waits for a slot or for its chunk's resend
+    /// window to end before it is refused ([`UploadQueue`]). Zero: refused at once.
+    pub max_wait: Duration,
+    /// Requests waiting at once (at most [`MAX_WAITING`]); more are refused at once.
+    pub max_waiting: usize,
 }
 
 impl Default for UploadConfig {
     fn default() -> Self {
         Self {
             max_uploads: 8,
-            resend_after: Duration::from_secs(1),
+            resend_after: Duration::from_millis(250),
+            max_wait: Duration::from_millis(250),
+            max_waiting: 32,
         }
     }
 }
@@ -48,11 +60,16 @@ pub enum UploadDecision {
     Declined,
 }
 
+/// One chunk's sends: uploads running, and when the latest one started.
+#[derive(Debug, Clone, Copy)]
+struct Send {
+    active: u32,
+    last: Instant,
+}
+
 #[derive(Debug)]
 struct Sends {
-    /// Per chunk: uploads running, and when the latest one started.
-    active: HashMap<u32, u32>,
-    last: HashMap<u32, Instant>,
+    chunks: HashMap<u32, Send>,
     used: u64,
 }
 
@@ -84,58 +101,78 @@ impl<B: Copy + Eq + Hash> UploadGate<B> {
         self.active
     }
 
+    /// A slot is free.
+    pub fn has_slot(&self) -> bool {
+        self.active < self.cfg.max_uploads.max(1)
+    }
+
     /// Decides on a request for `chunk` of `blob` at `now`; `Serve` takes a slot.
     pub fn decide(&mut self, blob: B, chunk: u32, now: Instant) -> UploadDecision {
-        if self.active >= self.cfg.max_uploads.max(1) {
+        if !self.has_slot() {
             return UploadDecision::Busy;
         }
-        let seed = !self.cfg.resend_after.is_zero();
-        if seed {
-            self.tick += 1;
-            let tick = self.tick;
-            let window = self.cfg.resend_after;
-            if let Some(s) = self.blobs.get_mut(&blob) {
-                s.used = tick;
-                let recent = s
-                    .last
-                    .get(&chunk)
-                    .is_some_and(|&t| now.saturating_duration_since(t) < window);
-                if s.active.contains_key(&chunk) || recent {
-                    return UploadDecision::Declined;
-                }
-            }
-            if !self.blobs.contains_key(&blob) && self.blobs.len() >= MAX_TRACKED_BLOBS {
-                let oldest = self
-                    .blobs
-                    .iter()
-                    .min_by_key(|(_, s)| s.used)
-                    .map(|(b, _)| *b);
-                if let Some(b) = oldest {
-                    self.blobs.remove(&b);
-                }
-            }
-            let s = self.blobs.entry(blob).or_insert_with(|| Sends {
-                active: HashMap::new(),
-                last: HashMap::new(),
-                used: tick,
-            });
-            *s.active.entry(chunk).or_insert(0) += 1;
-            s.last.insert(chunk, now);
+        match self.serve(blob, chunk, now) {
+            Ok(()) => UploadDecision::Serve,
+            Err(_) => UploadDecision::Declined,
         }
+    }
+
+    /// With a slot free: takes it for `chunk` unless the chunk is in its resend window; then
+    /// says when that window ends (`Err(None)`: the chunk is being sent).
+    pub(crate) fn serve(
+        &mut self,
+        blob: B,
+        chunk: u32,
+        now: Instant,
+    ) -> Result<(), Option<Instant>> {
+        let window = self.cfg.resend_after;
+        if window.is_zero() {
+            self.active += 1;
+            return Ok(());
+        }
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(s) = self.blobs.get_mut(&blob) {
+            s.used = tick;
+            match s.chunks.get(&chunk) {
+                Some(x) if x.active > 0 => return Err(None),
+                Some(x) if x.last + window > now => return Err(Some(x.last + window)),
+                _ => {}
+            }
+        }
+        if !self.blobs.contains_key(&blob) && self.blobs.len() >= MAX_TRACKED_BLOBS {
+            let oldest = self
+                .blobs
+                .iter()
+                .min_by_key(|(_, s)| s.used)
+                .map(|(b, _)| *b);
+            if let Some(b) = oldest {
+                self.blobs.remove(&b);
+            }
+        }
+        let s = self.blobs.entry(blob).or_insert_with(|| Sends {
+            chunks: HashMap::new(),
+            used: tick,
+        });
+        let x = s.chunks.entry(chunk).or_insert(Send {
+            active: 0,
+            last: now,
+        });
+        x.active += 1;
+        x.last = now;
         self.active += 1;
-        UploadDecision::Serve
+        Ok(())
     }
 
     /// An upload `decide` allowed has ended (sent, failed or cancelled).
     pub fn finished(&mut self, blob: B, chunk: u32) {
         self.active = self.active.saturating_sub(1);
-        if let Some(s) = self.blobs.get_mut(&blob) {
-            if let Some(a) = s.active.get_mut(&chunk) {
-                *a -= 1;
-                if *a == 0 {
-                    s.active.remove(&chunk);
-                }
-            }
+        if let Some(x) = self
+            .blobs
+            .get_mut(&blob)
+            .and_then(|s| s.chunks.get_mut(&chunk))
+        {
+            x.active = x.active.saturating_sub(1);
         }
     }
 }
@@ -148,6 +185,7 @@ mod tests {
         UploadGate::new(UploadConfig {
             max_uploads: max,
             resend_after: Duration::from_millis(resend_ms),
+            ..UploadConfig::default()
         })
     }
 
@@ -191,6 +229,7 @@ mod tests {
         let mut g: UploadGate<u32> = UploadGate::new(UploadConfig {
             max_uploads: 1_000_000,
             resend_after: Duration::from_secs(60),
+            ..UploadConfig::default()
         });
         let n = u32::try_from(MAX_TRACKED_BLOBS).unwrap() * 3;
         for b in 0..n {
