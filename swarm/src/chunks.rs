@@ -1,23 +1,25 @@
 //! Bulk chunk streams over libp2p-stream: serving our chunks and requesting a peer's.
 //!
 //! The accept loop only spawns one task per inbound stream (libp2p-stream's channel has no slack,
-//! so a slow accept loop would stall every connection). Each serving task holds at most one chunk;
-//! uploads beyond `max_uploads` are answered `Busy` at once so the downloader goes elsewhere, and a
-//! chunk just sent to another peer is answered `Declined` (core's `UploadGate`, super-seeding).
+//! so a slow accept loop would stall every connection). Each serving task holds at most one chunk.
+//! A request beyond `max_uploads`, or for a chunk just sent to another peer (super-seeding), waits
+//! up to `upload_wait` for a slot or for the chunk's resend window to end, and is then answered
+//! `Busy` or `Declined` so the downloader goes elsewhere (core's `UploadQueue`, via `Waitlist`).
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
 use libp2p_stream::{Control, IncomingStreams};
-use preheat_core::upload::{UploadDecision, UploadGate};
+use preheat_core::upload::Answer;
 use preheat_core::Digest;
 use preheat_store::Store;
 
 use crate::limits::{ByteLimiter, PIECE};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ChunkStatus, CHUNK_PROTOCOL};
+use crate::waitlist::Waitlist;
 
 /// Time a peer gets to send its 37-byte request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,7 +27,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Everything the serving side needs.
 pub(crate) struct Uploads {
     pub store: Store,
-    pub gate: Arc<Mutex<UploadGate<Digest>>>,
+    pub waitlist: Arc<Waitlist>,
     pub limiter: ByteLimiter,
     /// Read buffers for chunks being served, recycled.
     pub buffers: crate::buffers::Buffers,
@@ -53,14 +55,13 @@ async fn serve(mut s: Stream, up: &Uploads) -> std::io::Result<()> {
     let (blob, chunk) = tokio::time::timeout(REQUEST_TIMEOUT, protocol::read_chunk_request(&mut s))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    let decision = lock(&up.gate).decide(blob, chunk, Instant::now());
-    let refusal = match decision {
-        UploadDecision::Serve => None,
-        UploadDecision::Busy => {
+    let refusal = match up.waitlist.admit(blob, chunk).await {
+        Answer::Serve => None,
+        Answer::Busy => {
             up.metrics.busy_answers.inc();
             Some(ChunkStatus::Busy)
         }
-        UploadDecision::Declined => {
+        Answer::Declined => {
             up.metrics.declined_answers.inc();
             Some(ChunkStatus::Declined)
         }
@@ -70,7 +71,7 @@ async fn serve(mut s: Stream, up: &Uploads) -> std::io::Result<()> {
         return s.close().await;
     }
     let _slot = Slot {
-        gate: &up.gate,
+        list: &up.waitlist,
         blob,
         chunk,
     };
@@ -107,21 +108,16 @@ async fn serve(mut s: Stream, up: &Uploads) -> std::io::Result<()> {
     s.close().await
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The gate's state stays consistent when a holder panics (each call is one small update).
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// An upload slot the gate granted, returned when the upload ends however it ends.
+/// An upload slot the waitlist granted, returned when the upload ends however it ends.
 struct Slot<'a> {
-    gate: &'a Mutex<UploadGate<Digest>>,
+    list: &'a Waitlist,
     blob: Digest,
     chunk: u32,
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        lock(self.gate).finished(self.blob, self.chunk);
+        self.list.finished(self.blob, self.chunk);
     }
 }
 

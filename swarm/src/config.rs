@@ -26,6 +26,11 @@ pub struct SwarmConfig {
     /// A chunk this node is sending, or started sending this recently, is declined to other
     /// askers, who then take it from its new holder (super-seeding); zero turns it off.
     pub resend_after: Duration,
+    /// How long a chunk request that finds no free upload slot, or asks for a chunk in its resend
+    /// window, waits before it is answered `Busy`/`Declined`; zero answers at once.
+    pub upload_wait: Duration,
+    /// Chunk requests waiting at once; more are answered at once.
+    pub upload_waiting: usize,
     /// Chunk requests one download keeps in flight in total and per peer.
     pub max_requests: usize,
     pub max_requests_per_peer: usize,
@@ -80,6 +85,8 @@ impl Default for SwarmConfig {
             download_rate: Some(500 * 1024 * 1024),
             max_uploads: 8,
             resend_after: UploadConfig::default().resend_after,
+            upload_wait: UploadConfig::default().max_wait,
+            upload_waiting: UploadConfig::default().max_waiting,
             // 1 MiB chunks: at most 16 MiB held per download. More per peer was slower on
             // loopback: libp2p-stream drops inbound streams its one-slot accept queue cannot take.
             max_requests: 16,

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId};
 use libp2p_stream::Control;
-use preheat_core::upload::{UploadConfig, UploadGate};
+use preheat_core::upload::UploadConfig;
 use preheat_core::Digest;
 use preheat_store::Store;
 use prometheus_client::registry::Registry;
@@ -21,6 +21,7 @@ use crate::event_loop::{key, Command, EventLoop, CHANNEL};
 use crate::limits::ByteLimiter;
 use crate::metrics::Metrics;
 use crate::protocol::CHUNK_PROTOCOL;
+use crate::waitlist::Waitlist;
 use crate::{behaviour, fetch, identity, Error};
 
 /// Bound on the node-wide ban list.
@@ -130,12 +131,16 @@ impl Swarm {
         let burst = store
             .chunk_size()
             .max(preheat_core::chunk::MAX_CHUNK_SIZE.min(16 << 20));
+        let waitlist = Waitlist::new(UploadConfig {
+            max_uploads: cfg.max_uploads.max(1),
+            resend_after: cfg.resend_after,
+            max_wait: cfg.upload_wait,
+            max_waiting: cfg.upload_waiting,
+        });
+        let timer = tokio::spawn(waitlist.clone().run_timer()).abort_handle();
         let uploads = Arc::new(Uploads {
             store: store.clone(),
-            gate: Arc::new(Mutex::new(UploadGate::new(UploadConfig {
-                max_uploads: cfg.max_uploads.max(1),
-                resend_after: cfg.resend_after,
-            }))),
+            waitlist: waitlist.clone(),
             limiter: ByteLimiter::new(cfg.upload_rate, burst),
             buffers: crate::buffers::Buffers::default(),
             metrics: metrics.clone(),
@@ -156,7 +161,7 @@ impl Swarm {
                 cfg,
                 metrics,
                 bans: Mutex::new(HashMap::new()),
-                tasks: Mutex::new(vec![accept, evictions]),
+                tasks: Mutex::new(vec![accept, evictions, timer]),
                 event_loop: Mutex::new(Some(event_loop)),
             }),
         };

@@ -37,8 +37,9 @@
 //! accepted only when `sha256(bytes)` equals its manifest digest (see `tags`).
 //!
 //! Invariants: one task owns the swarm; every channel, queue, subscription table and message size is
-//! bounded; a download holds at most `max_requests` chunks in memory; uploads beyond `max_uploads`
-//! are answered `Busy` instead of queueing; the chunk accept loop only spawns; a download waits for
+//! bounded; a download holds at most `max_requests` chunks in memory; requests beyond `max_uploads`
+//! wait at most `upload_wait` (≤ `upload_waiting` at once) before they are answered `Busy`; the chunk accept loop
+//! only spawns; a download waits for
 //! a provider that is still writing at most `stall_timeout` without any progress.
 
 mod behaviour;
@@ -55,6 +56,7 @@ mod metrics;
 pub mod protocol;
 mod source;
 mod tags;
+mod waitlist;
 
 use std::path::PathBuf;
 

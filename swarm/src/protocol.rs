@@ -13,9 +13,9 @@
 //! server → downloader:  [status u8: 0 ok | 1 busy | 2 not found | 3 declined] then, if ok, [len: u32 BE][len bytes]
 //! ```
 //! `declined`: the server just sent that chunk to another peer (super-seeding, see
-//! `preheat_core::upload`); ask its new holder, or this server for another chunk.
-//! ```text
-//! ```
+//! `preheat_core::upload`); ask its new holder, or this server for another chunk. `busy` and
+//! `declined` come only after the request waited `upload_wait` at the server without a slot or
+//! with the chunk still in its resend window.
 //! The reader refuses a length other than the one the chunk index says, so it never allocates or
 //! reads more than one chunk.
 

@@ -44,6 +44,11 @@ pub struct PeerArgs {
     #[arg(long, env = "MAX_UPLOADS", default_value_t = 8,
           value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub max_uploads: u16,
+    /// How long a chunk request that finds every upload slot taken, or asks for a chunk this node
+    /// sent moments ago, waits here for a slot before it is answered "busy"/"declined" (e.g.
+    /// 250ms); 0s answers at once.
+    #[arg(long, env = "UPLOAD_WAIT", default_value = "250ms", value_parser = parse_upload_wait)]
+    pub upload_wait: Duration,
     /// `true`: per-peer fetch metrics name the peer (its NODE_NAME) in their `peer` label;
     /// `false`: `peer` stays empty, for large clusters (series grow with images × peers).
     #[arg(long, env = "PEER_METRICS_LABEL", default_value_t = true, action = clap::ArgAction::Set)]
@@ -94,6 +99,7 @@ impl PeerArgs {
             upload_rate: (self.upload_rate_limit > 0).then_some(self.upload_rate_limit),
             download_rate: (self.download_rate_limit > 0).then_some(self.download_rate_limit),
             max_uploads: usize::from(self.max_uploads),
+            upload_wait: self.upload_wait,
             peer_metrics_label: self.peer_metrics_label,
             ..SwarmConfig::default()
         }
@@ -118,6 +124,7 @@ fn log_config(command: &'static str, store: &StoreArgs, cfg: &SwarmConfig) {
         upload_rate = ?cfg.upload_rate,
         download_rate = ?cfg.download_rate,
         max_uploads = cfg.max_uploads,
+        upload_wait = ?cfg.upload_wait,
         peer_metrics_label = cfg.peer_metrics_label,
         "effective configuration"
     );
@@ -208,6 +215,19 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     units::parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// A wait below the downloaders' 30 s chunk timeout, so a waiting request is always answered.
+fn parse_upload_wait(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    let max = SwarmConfig::default().chunk_timeout / 2;
+    if d > max {
+        return Err(format!(
+            "at most {}s (half the chunk timeout)",
+            max.as_secs()
+        ));
+    }
+    Ok(d)
+}
+
 pub(crate) fn parse_rate(s: &str) -> Result<u64, String> {
     units::parse_rate(s).map_err(|e| e.to_string())
 }
@@ -238,6 +258,18 @@ mod tests {
     }
 
     #[test]
+    fn upload_wait_stays_below_the_chunk_timeout() {
+        assert_eq!(parse_upload_wait("0s").unwrap(), Duration::ZERO);
+        assert_eq!(
+            parse_upload_wait("250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert!(parse_upload_wait("15s").is_ok());
+        assert!(parse_upload_wait("16s").is_err());
+        assert!(parse_upload_wait("soon").is_err());
+    }
+
+    #[test]
     fn dns_peers_use_the_swarm_port_or_the_default() {
         let args = PeerArgs {
             peers: vec![],
@@ -247,6 +279,7 @@ mod tests {
             upload_rate_limit: 0,
             download_rate_limit: 1024,
             max_uploads: 8,
+            upload_wait: Duration::from_millis(250),
             peer_metrics_label: true,
         };
         let cfg = args.swarm_config("0.0.0.0:4100".parse().unwrap());
@@ -269,6 +302,7 @@ mod tests {
             upload_rate_limit: 0,
             download_rate_limit: 0,
             max_uploads: 8,
+            upload_wait: Duration::from_millis(250),
             peer_metrics_label: true,
         };
         assert!(!args.any());
