@@ -66,6 +66,11 @@ pub struct SimConfig {
     /// A node declines a chunk it is sending or started sending this recently (super-seeding,
     /// production: 1 s; zero turns it off).
     pub resend_after: Duration,
+    /// How long a request an uploader cannot serve now waits there (production: 1 s; zero:
+    /// refused at once).
+    pub max_wait: Duration,
+    /// Requests one uploader holds at once (production: 32).
+    pub max_waiting: usize,
     /// Blobs a node downloads at once (production: 3).
     pub parallel_blobs: usize,
     /// Chunk requests the origin puller keeps open per blob (a pipelined stream).
@@ -100,6 +105,8 @@ impl SimConfig {
             max_peers: 64,
             max_uploads: UploadConfig::default().max_uploads,
             resend_after: UploadConfig::default().resend_after,
+            max_wait: UploadConfig::default().max_wait,
+            max_waiting: UploadConfig::default().max_waiting,
             parallel_blobs: 3,
             origin_streams: 2,
             transfer: TransferConfig {

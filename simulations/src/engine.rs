@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use preheat_core::bitfield::Bitfield;
 use preheat_core::picker::Policy;
 use preheat_core::transfer::{Action, Transfer, TransferConfig};
-use preheat_core::upload::{UploadConfig, UploadGate};
+use preheat_core::upload::{UploadConfig, UploadQueue};
 use preheat_core::ChunkLayout;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -35,6 +35,8 @@ enum Ev {
     Refused(Req, Refusal),
     FlowDone(FlowId, u64),
     Wake(u32, u16),
+    /// A node's upload queue has a wait or a resend window ending.
+    GateWake(u32),
     Refresh(u32, u16),
     Kill(usize),
     Takeover,
@@ -70,9 +72,6 @@ struct Download {
     subs: Vec<u32>,
     wake: Option<u64>,
     done: bool,
-    /// Peers that answered busy, and until when the transfer leaves them alone (mirrors its
-    /// `busy_backoff`, so a `Have` from such a peer need not wake the transfer).
-    busy_until: HashMap<u32, u64>,
 }
 
 #[derive(Debug)]
@@ -155,8 +154,10 @@ pub struct Sim {
     origin: u32,
     puller: Option<u32>,
     reqs: HashMap<Req, ReqState>,
-    /// Per node: its upload slots and recent sends (production's serving policy).
-    gates: Vec<UploadGate<u16>>,
+    /// Per node: its upload slots, recent sends and waiting requests (production's serving
+    /// policy), and when its queue wants a `poll` next.
+    gates: Vec<UploadQueue<u16, Req>>,
+    gate_wake: Vec<Option<u64>>,
     /// Per blob: nodes downloading or holding it (candidates), and those with at least one chunk.
     registered: Vec<Vec<u32>>,
     providers: Vec<Vec<u32>>,
@@ -232,12 +233,15 @@ impl Sim {
             reqs: HashMap::new(),
             gates: (0..n)
                 .map(|_| {
-                    UploadGate::new(UploadConfig {
+                    UploadQueue::new(UploadConfig {
                         max_uploads: cfg.max_uploads,
                         resend_after: cfg.resend_after,
+                        max_wait: cfg.max_wait,
+                        max_waiting: cfg.max_waiting,
                     })
                 })
                 .collect(),
+            gate_wake: vec![None; n],
             registered: vec![Vec::new(); blobs],
             providers: vec![Vec::new(); blobs],
             waves,
@@ -345,15 +349,7 @@ impl Sim {
                     let now = self.instant();
                     if let Some(t) = self.transfer(r.dst, r.blob) {
                         match why {
-                            Refusal::Busy => {
-                                t.on_busy(r.src, r.chunk, now);
-                                let until = self.now
-                                    + u64::try_from(self.cfg.transfer.busy_backoff.as_nanos())
-                                        .unwrap_or(u64::MAX);
-                                self.nodes[r.dst as usize].dl[usize::from(r.blob)]
-                                    .busy_until
-                                    .insert(r.src, until);
-                            }
+                            Refusal::Busy => t.on_busy(r.src, r.chunk, now),
                             Refusal::Declined => t.on_declined(r.src, r.chunk, now),
                             Refusal::Gone => t.on_failure(r.src, r.chunk, now),
                         }
@@ -368,6 +364,12 @@ impl Sim {
                     d.wake = None;
                 }
                 self.drive(n, b);
+            }
+            Ev::GateWake(n) => {
+                if self.gate_wake[n as usize] == Some(self.now) {
+                    self.gate_wake[n as usize] = None;
+                }
+                self.gate_poll(n);
             }
             Ev::Refresh(n, b) => self.refresh(n, b),
             Ev::Kill(i) => self.kill(i),
@@ -459,8 +461,17 @@ impl Sim {
                         src: peer,
                         chunk,
                     };
-                    if let Some(ReqState::Flowing(f)) = self.reqs.remove(&r) {
-                        self.end_flow(f, false);
+                    match self.reqs.remove(&r) {
+                        Some(ReqState::Flowing(f)) => {
+                            self.end_flow(f, false);
+                        }
+                        // It may wait in the uploader's queue (the model cancels at once).
+                        Some(ReqState::Travelling) => {
+                            if let Some(g) = self.gates.get_mut(peer as usize) {
+                                g.cancel(&r);
+                            }
+                        }
+                        None => {}
                     }
                 }
                 Action::Ban { .. } => {}
@@ -527,6 +538,7 @@ impl Sim {
                 let st = t.stats();
                 stats.requests += st.requests;
                 stats.busy += st.busy;
+                stats.declined += st.declined;
                 stats.timeouts += st.timeouts;
                 stats.failures += st.failures;
                 stats.duplicates += st.duplicates;

@@ -26,6 +26,7 @@ pub struct NodeResult {
 pub struct Counters {
     pub requests: u64,
     pub busy: u64,
+    pub declined: u64,
     pub timeouts: u64,
     pub failures: u64,
     pub duplicates: u64,

@@ -31,7 +31,10 @@ fn with_cap(mut cfg: SimConfig, cores: f64, cap: f64) -> SimConfig {
 fn a_cap_far_below_the_network_sets_the_pace() {
     // 8 nodes could take 80 MB/s together; the CPU allows 4 MB/s.
     let cap = 4.0 * MB;
-    let cfg = with_cap(small(8), 2.0, cap);
+    let mut cfg = with_cap(small(8), 2.0, cap);
+    // Requests waiting at a saturated uploader idle the CPU too (p100 21% above the ideal here
+    // with the 250 ms default): off, so that the bound below is about the model.
+    cfg.max_wait = std::time::Duration::ZERO;
     let res = run(&cfg).unwrap();
     assert_eq!(res.unfinished, 0);
     let delivered: u64 = res.per_node.iter().map(|n| n.received).sum();

@@ -54,11 +54,18 @@ struct Args {
     #[arg(long, env = "SIM_BUSY_BACKOFF", default_value = "250ms", value_parser = parse_duration)]
     busy_backoff: Duration,
     /// A node declines a chunk it sent this recently (super-seeding; 0s turns it off).
-    #[arg(long, env = "SIM_RESEND_AFTER", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "SIM_RESEND_AFTER", default_value = "250ms", value_parser = parse_duration)]
     resend_after: Duration,
     /// How long a downloader does not ask a peer again for a chunk it declined.
     #[arg(long, env = "SIM_DECLINE_BACKOFF", default_value = "1s", value_parser = parse_duration)]
     decline_backoff: Duration,
+    /// How long a request an uploader cannot serve now waits there before it is refused (0s:
+    /// refused at once).
+    #[arg(long, env = "SIM_MAX_WAIT", default_value = "250ms", value_parser = parse_duration)]
+    max_wait: Duration,
+    /// Requests one uploader holds waiting at once.
+    #[arg(long, env = "SIM_MAX_WAITING", default_value_t = 32)]
+    max_waiting: usize,
     /// Rolling update: this fraction of the nodes at a time (e.g. 0.2); default all at once.
     #[arg(long, env = "SIM_ROLLING")]
     rolling: Option<f64>,
@@ -143,6 +150,8 @@ fn main() -> ExitCode {
     cfg.transfer.busy_backoff = args.busy_backoff;
     cfg.resend_after = args.resend_after;
     cfg.transfer.decline_backoff = args.decline_backoff;
+    cfg.max_wait = args.max_wait;
+    cfg.max_waiting = args.max_waiting;
     cfg.seed = args.seed;
     cfg.cpu_cores = args.cpu_cores;
     cfg.cpu_per_gib = args.cpu_per_gib;
@@ -205,6 +214,11 @@ fn main() -> ExitCode {
             res.events
         );
         print!("{}", report::markdown(&title, &[row], res.image_bytes));
+        let c = &res.counters;
+        println!(
+            "\nrequests {}, busy {}, declined {}, duplicates {}",
+            c.requests, c.busy, c.declined, c.duplicates
+        );
         if res.unfinished > 0 {
             println!("\n{} nodes did not finish", res.unfinished);
         }

@@ -2,7 +2,7 @@
 //! refused (busy, gone) or becomes a flow; a finished flow delivers the chunk, and the new owner
 //! announces it to the downloads that track it as a peer.
 
-use preheat_core::upload::UploadDecision;
+use preheat_core::upload::Answer;
 
 use super::{Ev, Refusal, Req, ReqState, Sim};
 use crate::net::{Due, Flow, FlowId};
@@ -14,23 +14,59 @@ impl Sim {
             return;
         }
         let back = self.now + self.half_rtt();
-        let is_origin = r.src == self.origin;
-        if !is_origin && !self.nodes[r.src as usize].alive {
+        if r.src == self.origin {
+            self.start_flow(r);
+            return;
+        }
+        if !self.nodes[r.src as usize].alive {
             self.push(back, Ev::Refused(r, Refusal::Gone));
             return;
         }
-        if !is_origin {
+        let now = self.instant();
+        self.gates[r.src as usize].request(r, r.blob, r.chunk, now);
+        self.gate_poll(r.src);
+    }
+
+    /// Carries out the answers of node `n`'s upload queue and schedules its next poll.
+    pub(super) fn gate_poll(&mut self, n: u32) {
+        if !self.nodes.get(n as usize).is_some_and(|s| s.alive) {
+            return;
+        }
+        let back = self.now + self.half_rtt();
+        loop {
             let now = self.instant();
-            let refusal = match self.gates[r.src as usize].decide(r.blob, r.chunk, now) {
-                UploadDecision::Serve => None,
-                UploadDecision::Busy => Some(Refusal::Busy),
-                UploadDecision::Declined => Some(Refusal::Declined),
-            };
-            if let Some(why) = refusal {
-                self.push(back, Ev::Refused(r, why));
-                return;
+            let answers = self.gates[n as usize].poll(now);
+            if answers.is_empty() {
+                break;
+            }
+            for (r, a) in answers {
+                match a {
+                    Answer::Serve => {
+                        if !matches!(self.reqs.get(&r), Some(ReqState::Travelling)) {
+                            // Cancelled while it waited: give the slot back.
+                            self.gates[n as usize].finished(r.blob, r.chunk);
+                            continue;
+                        }
+                        self.start_flow(r);
+                    }
+                    Answer::Busy => self.push(back, Ev::Refused(r, Refusal::Busy)),
+                    Answer::Declined => self.push(back, Ev::Refused(r, Refusal::Declined)),
+                }
             }
         }
+        if let Some(d) = self.gates[n as usize].next_deadline() {
+            let at = u64::try_from(d.saturating_duration_since(self.base).as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(self.now);
+            let w = &mut self.gate_wake[n as usize];
+            if w.is_none_or(|w| at < w || w < self.now) {
+                *w = Some(at);
+                self.push(at, Ev::GateWake(n));
+            }
+        }
+    }
+
+    fn start_flow(&mut self, r: Req) {
         let bytes = u64::from(self.layouts[usize::from(r.blob)].len(r.chunk));
         let (f, due) = self
             .net
@@ -51,10 +87,11 @@ impl Sim {
 
     pub(super) fn end_flow(&mut self, f: FlowId, completed: bool) -> Option<Flow> {
         let (flow, due) = self.net.finish(self.net_now(), f, completed)?;
+        self.schedule(due);
         if let Some(g) = self.gates.get_mut(flow.src as usize) {
             g.finished(flow.blob, flow.chunk);
+            self.gate_poll(flow.src);
         }
-        self.schedule(due);
         Some(flow)
     }
 
@@ -101,11 +138,7 @@ impl Sim {
         }
         let subs = std::mem::take(&mut self.nodes[n as usize].dl[bi].subs);
         let mut keep = Vec::with_capacity(subs.len());
-        let (max, per_peer) = (
-            self.cfg.transfer.max_in_flight_total,
-            self.cfg.transfer.max_in_flight_per_peer,
-        );
-        let now = self.now;
+        let now = self.instant();
         for s in subs {
             let node = &mut self.nodes[s as usize];
             if !node.alive {
@@ -114,18 +147,13 @@ impl Sim {
             let Some(d) = node.dl.get_mut(bi) else {
                 continue;
             };
-            let busy = d.busy_until.get(&n).is_some_and(|&u| u > now);
             let Some(t) = d.t.as_mut().filter(|t| !t.is_complete()) else {
                 continue;
             };
             keep.push(s);
             let _ = t.peer_have(n, c);
-            // Only `n` changed: poll only if the transfer could ask `n` for something now.
-            let useful = !busy
-                && !t.have().get(c)
-                && t.in_flight_count() < max
-                && t.in_flight_to(&n) < per_peer;
-            if useful {
+            // Only `n` changed: poll only if that lets the transfer ask for something new.
+            if t.could_use(&n, c, now) {
                 self.drive(s, b);
             }
         }
