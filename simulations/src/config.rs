@@ -66,8 +66,8 @@ pub struct SimConfig {
     /// A node declines a chunk it is sending or started sending this recently (super-seeding,
     /// production: 1 s; zero turns it off).
     pub resend_after: Duration,
-    /// How long a request an uploader cannot serve now waits there (production: 1 s; zero:
-    /// refused at once).
+    /// How long a request an uploader cannot serve now waits there (production: zero, refused at
+    /// once).
     pub max_wait: Duration,
     /// Requests one uploader holds at once (production: 32).
     pub max_waiting: usize,

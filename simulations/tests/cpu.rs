@@ -33,7 +33,7 @@ fn a_cap_far_below_the_network_sets_the_pace() {
     let cap = 4.0 * MB;
     let mut cfg = with_cap(small(8), 2.0, cap);
     // Requests waiting at a saturated uploader idle the CPU too (p100 21% above the ideal here
-    // with the 250 ms default): off, so that the bound below is about the model.
+    // with a 250 ms wait): off whatever the default, so the bound below is about the model.
     cfg.max_wait = std::time::Duration::ZERO;
     let res = run(&cfg).unwrap();
     assert_eq!(res.unfinished, 0);

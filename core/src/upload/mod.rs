@@ -32,7 +32,7 @@ pub struct UploadConfig {
     /// started. Zero turns super-seeding off.
     pub resend_after: Duration,
     /// How long a request that cannot be served now waits for a slot or for its chunk's resend
-    /// window to end before it is refused ([`UploadQueue`]). Zero: refused at once.
+    /// window to end before it is refused ([`UploadQueue`]). Zero (the default): refused at once.
     pub max_wait: Duration,
     /// Requests waiting at once (at most [`MAX_WAITING`]); more are refused at once.
     pub max_waiting: usize,
@@ -42,8 +42,8 @@ impl Default for UploadConfig {
     fn default() -> Self {
         Self {
             max_uploads: 8,
-            resend_after: Duration::from_millis(250),
-            max_wait: Duration::from_millis(250),
+            resend_after: Duration::from_secs(1),
+            max_wait: Duration::ZERO,
             max_waiting: 32,
         }
     }

@@ -45,9 +45,9 @@ pub struct PeerArgs {
           value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub max_uploads: u16,
     /// How long a chunk request that finds every upload slot taken, or asks for a chunk this node
-    /// sent moments ago, waits here for a slot before it is answered "busy"/"declined" (e.g.
-    /// 250ms); 0s answers at once.
-    #[arg(long, env = "UPLOAD_WAIT", default_value = "250ms", value_parser = parse_upload_wait)]
+    /// sent moments ago, waits here before it is answered "busy"/"declined" (e.g. 1s); 0s answers
+    /// at once.
+    #[arg(long, env = "UPLOAD_WAIT", default_value = "0s", value_parser = parse_upload_wait)]
     pub upload_wait: Duration,
     /// `true`: per-peer fetch metrics name the peer (its NODE_NAME) in their `peer` label;
     /// `false`: `peer` stays empty, for large clusters (series grow with images × peers).

@@ -54,14 +54,14 @@ struct Args {
     #[arg(long, env = "SIM_BUSY_BACKOFF", default_value = "250ms", value_parser = parse_duration)]
     busy_backoff: Duration,
     /// A node declines a chunk it sent this recently (super-seeding; 0s turns it off).
-    #[arg(long, env = "SIM_RESEND_AFTER", default_value = "250ms", value_parser = parse_duration)]
+    #[arg(long, env = "SIM_RESEND_AFTER", default_value = "1s", value_parser = parse_duration)]
     resend_after: Duration,
     /// How long a downloader does not ask a peer again for a chunk it declined.
     #[arg(long, env = "SIM_DECLINE_BACKOFF", default_value = "1s", value_parser = parse_duration)]
     decline_backoff: Duration,
-    /// How long a request an uploader cannot serve now waits there before it is refused (0s:
-    /// refused at once).
-    #[arg(long, env = "SIM_MAX_WAIT", default_value = "250ms", value_parser = parse_duration)]
+    /// How long a request an uploader cannot serve now waits there before it is refused (0s,
+    /// production's default: refused at once).
+    #[arg(long, env = "SIM_MAX_WAIT", default_value = "0s", value_parser = parse_duration)]
     max_wait: Duration,
     /// Requests one uploader holds waiting at once.
     #[arg(long, env = "SIM_MAX_WAITING", default_value_t = 32)]
