@@ -45,6 +45,8 @@ async fn bad_environment_values_exit_64_naming_the_variable() {
         ("PEERS", "not a peer", "peer address"),
         ("PEERS_DNS", "bad name!", "DNS name"),
         ("PEER_DISCOVERY_INTERVAL", "x", "duration"),
+        ("UPLOAD_WAIT", "20s", "half the chunk timeout"),
+        ("RESEND_AFTER", "later", "duration"),
         ("PEER_METRICS_LABEL", "maybe", "expected one of true, false"),
         ("K8S_LOCK_TIMEOUT", "forever", "duration"),
         (
@@ -126,6 +128,8 @@ async fn help_lists_every_variable_with_its_default() {
         "PEERS_DNS",
         "PEERS",
         "UPLOAD_RATE_LIMIT",
+        "UPLOAD_WAIT",
+        "RESEND_AFTER",
         "LEASE",
         "INSECURE_REGISTRIES",
         "RUNTIME",

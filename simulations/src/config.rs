@@ -69,7 +69,7 @@ pub struct SimConfig {
     /// How long a request an uploader cannot serve now waits there (production: zero, refused at
     /// once).
     pub max_wait: Duration,
-    /// Requests one uploader holds at once (production: 32).
+    /// Requests one uploader holds at once (production: 64).
     pub max_waiting: usize,
     /// Blobs a node downloads at once (production: 3).
     pub parallel_blobs: usize,

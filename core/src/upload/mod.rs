@@ -44,7 +44,7 @@ impl Default for UploadConfig {
             max_uploads: 8,
             resend_after: Duration::from_secs(1),
             max_wait: Duration::ZERO,
-            max_waiting: 32,
+            max_waiting: 64,
         }
     }
 }

@@ -49,6 +49,10 @@ pub struct PeerArgs {
     /// at once.
     #[arg(long, env = "UPLOAD_WAIT", default_value = "0s", value_parser = parse_upload_wait)]
     pub upload_wait: Duration,
+    /// Super-seeding: a chunk this node is sending, or started sending this recently, is not sent
+    /// to another peer (who is told to take it from its new holder); 0s turns it off.
+    #[arg(long, env = "RESEND_AFTER", default_value = "1s", value_parser = parse_upload_wait)]
+    pub resend_after: Duration,
     /// `true`: per-peer fetch metrics name the peer (its NODE_NAME) in their `peer` label;
     /// `false`: `peer` stays empty, for large clusters (series grow with images × peers).
     #[arg(long, env = "PEER_METRICS_LABEL", default_value_t = true, action = clap::ArgAction::Set)]
@@ -100,6 +104,7 @@ impl PeerArgs {
             download_rate: (self.download_rate_limit > 0).then_some(self.download_rate_limit),
             max_uploads: usize::from(self.max_uploads),
             upload_wait: self.upload_wait,
+            resend_after: self.resend_after,
             peer_metrics_label: self.peer_metrics_label,
             ..SwarmConfig::default()
         }
@@ -125,6 +130,7 @@ fn log_config(command: &'static str, store: &StoreArgs, cfg: &SwarmConfig) {
         download_rate = ?cfg.download_rate,
         max_uploads = cfg.max_uploads,
         upload_wait = ?cfg.upload_wait,
+        resend_after = ?cfg.resend_after,
         peer_metrics_label = cfg.peer_metrics_label,
         "effective configuration"
     );
@@ -215,7 +221,8 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     units::parse_duration(s).map_err(|e| e.to_string())
 }
 
-/// A wait below the downloaders' 30 s chunk timeout, so a waiting request is always answered.
+/// A wait (or resend window) of at most half the downloaders' 30 s chunk timeout, so a waiting
+/// request is always answered.
 fn parse_upload_wait(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     let max = SwarmConfig::default().chunk_timeout / 2;
@@ -280,6 +287,7 @@ mod tests {
             download_rate_limit: 1024,
             max_uploads: 8,
             upload_wait: Duration::from_millis(250),
+            resend_after: Duration::from_secs(1),
             peer_metrics_label: true,
         };
         let cfg = args.swarm_config("0.0.0.0:4100".parse().unwrap());
@@ -303,6 +311,7 @@ mod tests {
             download_rate_limit: 0,
             max_uploads: 8,
             upload_wait: Duration::from_millis(250),
+            resend_after: Duration::from_secs(1),
             peer_metrics_label: true,
         };
         assert!(!args.any());

@@ -64,7 +64,7 @@ struct Args {
     #[arg(long, env = "SIM_MAX_WAIT", default_value = "0s", value_parser = parse_duration)]
     max_wait: Duration,
     /// Requests one uploader holds waiting at once.
-    #[arg(long, env = "SIM_MAX_WAITING", default_value_t = 32)]
+    #[arg(long, env = "SIM_MAX_WAITING", default_value_t = 64)]
     max_waiting: usize,
     /// Rolling update: this fraction of the nodes at a time (e.g. 0.2); default all at once.
     #[arg(long, env = "SIM_ROLLING")]
